@@ -1,0 +1,120 @@
+"""Per-room sync deltas (CONTRACT §3, §4.3-5) and the view a consumer rebuilds from them.
+
+A delta carries, for each changed slot, only its latest state; within one delta a user's
+unthreaded receipt hides a threaded one on the same event (MSC4102). Applying deltas in order
+is idempotent, so redelivery after a fault is harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from receipt_streams.core.receipts import Receipt, ReceiptKey
+
+PUBLIC, PRIVATE, FULLY_READ = "m.read", "m.read.private", "m.fully_read"
+
+# A consumer's view of one room: (user, receipt type, thread or None) -> (event_id, data).
+View = dict[tuple[str, str, str | None], tuple[str, Mapping[str, Any]]]
+
+
+def _latest(changes: Iterable[tuple[ReceiptKey, Receipt]]) -> dict[ReceiptKey, Receipt]:
+    latest: dict[ReceiptKey, Receipt] = {}
+    for key, value in changes:
+        latest.pop(key, None)  # keep arrival order of the newest write
+        latest[key] = value
+    return latest
+
+
+def _place(content: dict, threads: dict, key: ReceiptKey, value: Receipt) -> None:
+    """Put one slot's receipt in `content`; `threads` remembers each placed entry's thread
+    (from the key, which is authoritative) to settle clashes."""
+    users = content.setdefault(value.event_id, {}).setdefault(key.receipt_type, {})
+    spot = (value.event_id, key.receipt_type, key.user_id)
+    if spot in threads and threads[spot] is None and key.thread_id is not None:
+        return  # MSC4102: unthreaded wins on a clash
+    threads[spot] = key.thread_id
+    users[key.user_id] = dict(value.data)
+
+
+def build_delta(
+    room_id: str, seq: int, ts: int, changes: Iterable[tuple[ReceiptKey, Receipt]]
+) -> dict[str, Any] | None:
+    """One delta for a room's changes (oldest first), or None when nothing is left."""
+    public: dict = {}
+    private: dict[str, dict] = {}
+    account: dict[str, dict] = {}
+    threads: dict[tuple[str, str, str], str | None] = {}
+    for key, value in _latest(changes).items():
+        if key.room_id != room_id:
+            raise ValueError(f"change for {key.room_id} in a delta for {room_id}")
+        if key.receipt_type == PUBLIC:
+            _place(public, threads, key, value)
+        elif key.receipt_type == PRIVATE:
+            _place(private.setdefault(key.user_id, {}), threads, key, value)
+        elif key.receipt_type == FULLY_READ:
+            account[key.user_id] = {"type": FULLY_READ, "content": {"event_id": value.event_id}}
+    if not (public or private or account):
+        return None
+    delta: dict[str, Any] = {"room_id": room_id, "seq": seq, "ts": ts}
+    if public:
+        delta["receipt"] = {"type": "m.receipt", "content": public}
+    if private:
+        delta["private"] = {u: {"type": "m.receipt", "content": c} for u, c in private.items()}
+    if account:
+        delta["account_data"] = account
+    return delta
+
+
+def _apply_content(view: View, content: Mapping[str, Any]) -> None:
+    for event_id, by_type in content.items():
+        for receipt_type, by_user in by_type.items():
+            for user_id, data in by_user.items():
+                view[(user_id, receipt_type, data.get("thread_id"))] = (event_id, data)
+
+
+def apply_delta(view: View, delta: Mapping[str, Any]) -> View:
+    """Fold one delta into a consumer's view; applying the same delta twice changes nothing."""
+    if "receipt" in delta:
+        _apply_content(view, delta["receipt"]["content"])
+    for event in (delta.get("private") or {}).values():
+        _apply_content(view, event["content"])
+    for user_id, event in (delta.get("account_data") or {}).items():
+        view[(user_id, FULLY_READ, None)] = (event["content"]["event_id"], {})
+    return view
+
+
+def table_view(entries: Iterable[tuple[ReceiptKey, Receipt]]) -> View:
+    """The view of a table's current entries: what one delta of all of them would give."""
+    entries = list(entries)
+    rooms = {k.room_id for k, _ in entries}
+    if len(rooms) > 1:
+        raise ValueError("table_view takes one room's entries")
+    view: View = {}
+    if rooms:
+        delta = build_delta(rooms.pop(), 0, 0, entries)
+        if delta is not None:
+            apply_delta(view, delta)
+    return view
+
+
+def plan_deltas(
+    records: Iterable[tuple[int, bytes, bytes | None]], now_ms: int
+) -> list[dict[str, Any]]:
+    """Deltas for a batch of receipts-changelog records `(offset, key, value)` of one
+    partition, oldest first: one delta per room, `seq` being the offset of the room's newest
+    record (offsets only grow within a partition, and a room lives on one partition)."""
+    by_room: dict[str, list[tuple[ReceiptKey, Receipt]]] = {}
+    seqs: dict[str, int] = {}
+    for offset, raw_key, raw_value in records:
+        if raw_value is None:
+            continue  # a tombstone: receipts are never deleted, nothing to show
+        key = ReceiptKey.decode(raw_key)
+        by_room.setdefault(key.room_id, []).append((key, Receipt.decode(raw_value)))
+        seqs[key.room_id] = max(offset, seqs.get(key.room_id, -1))
+    out = []
+    for room_id, changes in by_room.items():
+        delta = build_delta(room_id, seqs[room_id], now_ms, changes)
+        if delta is not None:
+            out.append(delta)
+    return out

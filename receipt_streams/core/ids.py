@@ -1,0 +1,106 @@
+"""Matrix identifier grammar (spec appendices: server names, user, room and event IDs).
+
+Inputs come from remote servers and homeserver writers, so the checks accept the historical
+grammar (any printable ASCII localpart for users, opaque room and event IDs, room IDs without a
+server part as in room version 12) but never what would break a consumer: control characters,
+spaces, missing sigils, bad server names, or IDs over 255 bytes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+MAX_ID_BYTES = 255
+
+_DNS_NAME = re.compile(r"[A-Za-z0-9.\-]{1,255}")
+_PORT = re.compile(r"[0-9]{1,5}")
+# The spec's IPv6 literal: 2*45 of HEXDIG, ':' and '.'. No '%' zone ID (Python's
+# ipaddress accepts one, with any characters in it, spaces and control characters included).
+_IPV6_CHARS = re.compile(r"[0-9A-Fa-f:.]{2,45}")
+# Historical user localparts: %x21-39 / %x3B-7E (printable ASCII except ':').
+_USER_LOCALPART = re.compile(r"[\x21-\x39\x3b-\x7e]+")
+# Opaque parts of room and event IDs: printable ASCII without ':'.
+_OPAQUE = re.compile(r"[\x21-\x39\x3b-\x7e]+")
+
+
+class InvalidId(ValueError):
+    """An identifier that breaks the Matrix grammar."""
+
+
+def _fail(kind: str, value: object, why: str) -> InvalidId:
+    return InvalidId(f"invalid {kind} {value!r}: {why}")
+
+
+def is_server_name(value: str) -> bool:
+    """`hostname [":" port]`, hostname being IPv4, `[IPv6]`, or a DNS name."""
+    if not value or len(value.encode()) > MAX_ID_BYTES:
+        return False
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return False
+        if _IPV6_CHARS.fullmatch(value[1:end]) is None:
+            return False
+        try:
+            ipaddress.IPv6Address(value[1:end])
+        except ValueError:
+            return False
+        rest = value[end + 1 :]
+        return rest == "" or (rest[0] == ":" and _PORT.fullmatch(rest[1:]) is not None)
+    host, sep, port = value.partition(":")
+    if sep and _PORT.fullmatch(port) is None:
+        return False
+    # A dotted quad is a DNS name by this grammar too; both are fine.
+    return _DNS_NAME.fullmatch(host) is not None
+
+
+def server_of(sigil_id: str) -> str | None:
+    """The server part of `@user:server` or `!room:server`, or None when there is none."""
+    _, sep, server = sigil_id.partition(":")
+    return server if sep else None
+
+
+def validate_server_name(value: object) -> str:
+    if not isinstance(value, str) or not is_server_name(value):
+        raise _fail("server name", value, "expected hostname[:port] or [IPv6][:port]")
+    return value
+
+
+def validate_user_id(value: object) -> str:
+    if not isinstance(value, str) or not value.startswith("@"):
+        raise _fail("user ID", value, "must start with '@'")
+    if len(value.encode()) > MAX_ID_BYTES:
+        raise _fail("user ID", value, "longer than 255 bytes")
+    localpart, sep, server = value[1:].partition(":")
+    if not sep or _USER_LOCALPART.fullmatch(localpart) is None:
+        raise _fail("user ID", value, "expected @localpart:server")
+    if not is_server_name(server):
+        raise _fail("user ID", value, "bad server name")
+    return value
+
+
+def validate_room_id(value: object) -> str:
+    if not isinstance(value, str) or not value.startswith("!"):
+        raise _fail("room ID", value, "must start with '!'")
+    if len(value.encode()) > MAX_ID_BYTES:
+        raise _fail("room ID", value, "longer than 255 bytes")
+    opaque, sep, server = value[1:].partition(":")
+    if _OPAQUE.fullmatch(opaque) is None:
+        raise _fail("room ID", value, "bad opaque part")
+    if sep and not is_server_name(server):
+        raise _fail("room ID", value, "bad server name")
+    return value
+
+
+def validate_event_id(value: object) -> str:
+    if not isinstance(value, str) or not value.startswith("$"):
+        raise _fail("event ID", value, "must start with '$'")
+    if len(value.encode()) > MAX_ID_BYTES:
+        raise _fail("event ID", value, "longer than 255 bytes")
+    opaque, sep, server = value[1:].partition(":")
+    if _OPAQUE.fullmatch(opaque) is None:
+        raise _fail("event ID", value, "bad opaque part")
+    if sep and not is_server_name(server):
+        raise _fail("event ID", value, "bad server name")
+    return value

@@ -1,0 +1,178 @@
+"""Pydantic models of every topic payload (CONTRACT.md §2-3).
+
+They validate inputs at the edge and are the single source of the JSON Schemas in `schemas/`.
+Strict mode: a JSON string is never coerced into an int, an int never into a string.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
+
+from receipt_streams.core import ids
+
+RECEIPT_TYPES = ("m.read", "m.read.private", "m.fully_read")
+MEMBERSHIPS = ("join", "leave", "invite", "ban", "knock")
+
+
+def _grammar(check: Any) -> AfterValidator:
+    def run(value: str) -> str:
+        try:
+            return check(value)
+        except ids.InvalidId as exc:
+            raise PydanticCustomError("bad_id", str(exc)) from None
+
+    return AfterValidator(run)
+
+
+RoomId = Annotated[str, _grammar(ids.validate_room_id), Field(pattern=r"^!", max_length=255)]
+UserId = Annotated[str, _grammar(ids.validate_user_id), Field(pattern=r"^@", max_length=255)]
+EventId = Annotated[str, _grammar(ids.validate_event_id), Field(pattern=r"^\$", max_length=255)]
+ServerName = Annotated[str, _grammar(ids.validate_server_name), Field(max_length=255)]
+ReceiptType = Literal["m.read", "m.read.private", "m.fully_read"]
+Membership = Literal["join", "leave", "invite", "ban", "knock"]
+StreamPos = Annotated[int, Field(ge=0, le=2**63 - 1)]
+Millis = Annotated[int, Field(ge=0, le=2**63 - 1)]
+ThreadId = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+class ClientReceipt(_Payload):
+    """`receipts.client.v1`: a receipt from a local user, `ts` set by the server."""
+
+    room_id: RoomId
+    user_id: UserId
+    receipt_type: ReceiptType
+    event_id: EventId
+    thread_id: ThreadId | None = None
+    ts: Millis
+
+
+class MembershipChange(_Payload):
+    """`rooms.membership.v1`: one membership change, in the homeserver's stream order."""
+
+    room_id: RoomId
+    user_id: UserId
+    membership: Membership
+    stream_pos: StreamPos
+
+
+class Relation(_Payload):
+    rel_type: Annotated[str, Field(min_length=1, max_length=255)]
+    event_id: EventId
+
+
+class RoomEvent(_Payload):
+    """`rooms.events.v1`: an event persisted in the room (existence, order, thread)."""
+
+    room_id: RoomId
+    event_id: EventId
+    sender: UserId
+    stream_pos: StreamPos
+    origin_server_ts: Millis
+    relates_to: Relation | None = None
+
+
+class ReceiptEdu(_Payload):
+    edu_type: Literal["m.receipt"]
+    # Entries are checked one by one (a bad entry must not sink the rest of the EDU).
+    content: dict[str, Any]
+
+
+class FederationReceipts(_Payload):
+    """`receipts.federation.v1`: an inbound EDU as the remote server sent it."""
+
+    origin: ServerName
+    received_ts: Millis
+    edu: ReceiptEdu
+
+
+# --- outputs -----------------------------------------------------------------------------
+
+
+class ReceiptData(BaseModel):
+    """What a receipt carries to clients: `ts`, `thread_id` when threaded, remote extras."""
+
+    model_config = ConfigDict(extra="allow")
+    ts: int
+    thread_id: str | None = None
+
+
+class ReceiptEvent(BaseModel):
+    """The `m.receipt` event: `content[event_id][receipt_type][user_id] = data`."""
+
+    type: Literal["m.receipt"]
+    content: dict[str, dict[str, dict[str, ReceiptData]]]
+
+
+class FullyReadContent(BaseModel):
+    event_id: str
+
+
+class FullyReadEvent(BaseModel):
+    """The `m.fully_read` room account data event."""
+
+    type: Literal["m.fully_read"]
+    content: FullyReadContent
+
+
+class SyncDelta(BaseModel):
+    """`receipts.sync.v1`: one room's batched changes; empty parts are left out."""
+
+    room_id: str
+    seq: int = Field(description="Grows with each delta of a room: the changelog offset of the "
+                     "newest change it carries, so it is stable across restarts.")
+    ts: int
+    receipt: ReceiptEvent | None = Field(None, description="For every joined member.")
+    private: dict[str, ReceiptEvent] | None = Field(None, description="For each owner only.")
+    account_data: dict[str, FullyReadEvent] | None = Field(None, description="For each owner.")
+
+
+class DlqError(BaseModel):
+    code: str
+    message: str
+
+
+class DlqRecord(BaseModel):
+    """`receipts.dlq.v1`: a rejected input record, raw bytes kept, keyed by source topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    key_encoding: Literal["base64"] | None = None
+    value: str | None
+    value_encoding: Literal["base64"] | None = Field(
+        None, description="Set when `value` is base64 because the raw bytes were not UTF-8."
+    )
+    error: DlqError
+    ts: int
+
+
+class ReceiptValue(BaseModel):
+    """The receipts table's value, as on its compacted changelog (the analytics feed)."""
+
+    event_id: str
+    stream_pos: int | None = Field(None, description="The event's stream position; null when "
+                                   "the event was not yet known (remote receipts).")
+    ts: int
+    data: dict[str, Any] = Field(description="As shown to clients: `ts`, `thread_id` when "
+                                 "threaded, and a remote server's extra fields as sent.")
+
+
+ChangelogKey = tuple[str, str, ReceiptType, str | None]
+"""The receipts changelog key: `[room_id, user_id, receipt_type, thread_id or null]`."""
+
+
+class OutboundEdu(BaseModel):
+    """`federation.edus.v1`: one `m.receipt` EDU for one destination."""
+
+    destination: str
+    origin: str
+    edu_type: Literal["m.receipt"]
+    content: dict[str, dict[str, dict[str, Any]]]

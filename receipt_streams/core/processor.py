@@ -1,0 +1,196 @@
+"""The fold of all inputs of one partition, over plain key-value stores.
+
+`Processor` holds the Matrix rules' orchestration: decode, check, hold or fold, release. It
+reads and writes three stores (receipts, room state, held receipts) that are faust tables in
+the worker and dicts in tests, and returns the side effects for the caller to carry out:
+DLQ records to send, and held-store writes that must wait until everything sent before them is
+durable (a held receipt is only forgotten once its outcome is safely in Kafka).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from receipt_streams.core.dlq import Source, dlq_record
+from receipt_streams.core.fold import Outcome, fold
+from receipt_streams.core.membership import apply_membership
+from receipt_streams.core.models import ClientReceipt, MembershipChange, RoomEvent
+from receipt_streams.core.parsing import Rejection, check_key, parse_payload
+from receipt_streams.core.reasons import Reason
+from receipt_streams.core.receipts import Receipt, ReceiptKey
+from receipt_streams.core.state import HeldReceipts, ReceiptsTable, RoomState, Store
+from receipt_streams.core.threads import EventInfo
+from receipt_streams.core.validation import Accept, Hold, check_client_receipt, expiry_reason
+
+
+@dataclass(frozen=True, slots=True)
+class SendDlq:
+    topic: str  # the source topic: the DLQ record's key
+    record: bytes
+    reason: Reason
+
+
+@dataclass(frozen=True, slots=True)
+class Folded:
+    key: ReceiptKey
+    receipt: Receipt
+    outcome: Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class HeldWrite:
+    """Set (or, with None, delete) a held list, only after the producer is flushed."""
+
+    key: bytes
+    entries: list[dict[str, Any]] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    waiting_for: str
+
+
+Effect = SendDlq | Folded | HeldWrite | Held
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    grace_ms: int = 30_000
+    max_record_bytes: int = 65_536
+    held_per_dep: int = 1_000
+
+
+def _entry(src: Source, now_ms: int) -> dict[str, Any]:
+    return {
+        "topic": src.topic, "partition": src.partition, "offset": src.offset,
+        "key": src.key.decode("utf-8", "replace") if src.key is not None else None,
+        "value": (src.value or b"").decode("utf-8"), "held_at": now_ms,
+    }
+
+
+def _source(entry: dict[str, Any]) -> Source:
+    key = entry["key"].encode() if entry["key"] is not None else None
+    return Source(entry["topic"], entry["partition"], entry["offset"], key,
+                  entry["value"].encode())
+
+
+def _same_record(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return (a["topic"], a["partition"], a["offset"]) == (b["topic"], b["partition"], b["offset"])
+
+
+class Processor:
+    def __init__(self, receipts: Store, state: Store, held: Store, limits: Limits) -> None:
+        self.receipts = ReceiptsTable(receipts)
+        self.state = RoomState(state)
+        self.held = HeldReceipts(held)
+        self.limits = limits
+
+    def reject(self, src: Source, rejection: Rejection, now_ms: int) -> SendDlq:
+        return SendDlq(src.topic, dlq_record(src, rejection, now_ms), rejection.reason)
+
+    def _parse(self, model: type, src: Source, now_ms: int) -> Any:
+        parsed = parse_payload(model, src.value, self.limits.max_record_bytes)
+        if isinstance(parsed, Rejection):
+            return self.reject(src, parsed, now_ms)
+        if (bad := check_key(src.key, parsed.room_id)) is not None:
+            return self.reject(src, bad, now_ms)
+        return parsed
+
+    # --- inputs ------------------------------------------------------------------------
+
+    def client_receipt(self, src: Source, now_ms: int) -> list[Effect]:
+        parsed = self._parse(ClientReceipt, src, now_ms)
+        if isinstance(parsed, SendDlq):
+            return [parsed]
+        return self._try_client(parsed, _entry(src, now_ms), now_ms, expire=False)
+
+    def membership(self, src: Source, now_ms: int) -> list[Effect]:
+        change = self._parse(MembershipChange, src, now_ms)
+        if isinstance(change, SendDlq):
+            return [change]
+        room, user = change.room_id, change.user_id
+        writes = apply_membership(change, self.state.member(room, user), self.state.servers(room))
+        if writes.servers is not None:
+            self.state.put_servers(room, writes.servers)
+        if writes.member is not None:
+            self.state.put_member(room, user, writes.member)
+        member = self.state.member(room, user)
+        if member is not None and (member.joined or member.gone):
+            return self._release(HeldReceipts.key(room, "join", user), now_ms)
+        return []
+
+    def room_event(self, src: Source, now_ms: int) -> list[Effect]:
+        ev = self._parse(RoomEvent, src, now_ms)
+        if isinstance(ev, SendDlq):
+            return [ev]
+        if self.state.event(ev.room_id, ev.event_id) is None:
+            rel = ev.relates_to
+            self.state.put_event(ev.room_id, ev.event_id, EventInfo(
+                ev.stream_pos, ev.sender, rel.rel_type if rel else None,
+                rel.event_id if rel else None))
+        # Release even when the event was known: a crash may have cut a release short.
+        return self._release(HeldReceipts.key(ev.room_id, "event", ev.event_id), now_ms)
+
+    def tick(self, partition: int, now_ms: int) -> list[Effect]:
+        """The grace-period sweep for one partition: expired held receipts get a last check."""
+        effects: list[Effect] = []
+        for key, entries in self.held.items():
+            due = [e for e in entries if e["partition"] == partition
+                   and now_ms - e["held_at"] >= self.limits.grace_ms]
+            if not due:
+                continue
+            for entry in due:
+                receipt = ClientReceipt.model_validate_json(entry["value"])
+                effects += self._try_client(receipt, entry, now_ms, expire=True)
+            keep = [e for e in entries if not any(_same_record(e, d) for d in due)]
+            effects.append(HeldWrite(key, keep or None))
+        return effects
+
+    # --- rules -------------------------------------------------------------------------
+
+    def _try_client(
+        self, r: ClientReceipt, entry: dict[str, Any], now_ms: int, *, expire: bool
+    ) -> list[Effect]:
+        verdict = check_client_receipt(
+            r, self.state.member(r.room_id, r.user_id),
+            lambda event_id: self.state.event(r.room_id, event_id))
+        if isinstance(verdict, Rejection):
+            return [self.reject(_source(entry), verdict, now_ms)]
+        if isinstance(verdict, Hold):
+            if expire:
+                why = f"{verdict.dep} not seen within {self.limits.grace_ms} ms"
+                return [self.reject(_source(entry),
+                                     Rejection(expiry_reason(verdict.waiting_for), why), now_ms)]
+            return self._hold(r.room_id, verdict, entry, now_ms)
+        assert isinstance(verdict, Accept)
+        return [self._fold(verdict.key, verdict.receipt)]
+
+    def _fold(self, key: ReceiptKey, incoming: Receipt) -> Folded:
+        outcome = fold(self.receipts.get(key), incoming)
+        if outcome is Outcome.APPLIED:
+            self.receipts.put(key, incoming)
+        return Folded(key, incoming, outcome)
+
+    def _hold(self, room_id: str, hold: Hold, entry: dict[str, Any], now_ms: int) -> list[Effect]:
+        key = HeldReceipts.key(room_id, hold.waiting_for, hold.dep)
+        entries = self.held.get(key)
+        if any(_same_record(e, entry) for e in entries):
+            return [Held(hold.waiting_for)]  # already held before a crash
+        if len(entries) >= self.limits.held_per_dep:
+            why = f"more than {self.limits.held_per_dep} receipts wait for {hold.dep}"
+            return [self.reject(_source(entry), Rejection(Reason.HELD_OVERFLOW, why), now_ms)]
+        entries.append(entry)
+        self.held.put(key, entries)
+        return [Held(hold.waiting_for)]
+
+    def _release(self, key: bytes, now_ms: int) -> list[Effect]:
+        entries = self.held.get(key)
+        if not entries:
+            return []
+        effects: list[Effect] = []
+        for entry in entries:
+            receipt = ClientReceipt.model_validate_json(entry["value"])
+            effects += self._try_client(receipt, entry, now_ms, expire=False)
+        effects.append(HeldWrite(key, None))
+        return effects

@@ -1,0 +1,111 @@
+"""Typed access to the stores behind the faust tables (plain mappings of bytes to bytes).
+
+Room state (membership, server counts, the event index) lives in one store, so one changelog:
+after a crash that store is a prefix of its write sequence; `membership.py` relies on that.
+Keys are JSON arrays led by the room, values JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+import orjson
+
+from receipt_streams.core.membership import MemberState, RoomServers
+from receipt_streams.core.receipts import Receipt, ReceiptKey
+from receipt_streams.core.threads import EventInfo
+
+Store = MutableMapping[bytes, bytes]
+
+
+def _key(*parts: str) -> bytes:
+    return orjson.dumps(parts)
+
+
+class RoomState:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def member(self, room_id: str, user_id: str) -> MemberState | None:
+        raw = self.store.get(_key("m", room_id, user_id))
+        if raw is None:
+            return None
+        d = orjson.loads(raw)
+        return MemberState(d["membership"], d["stream_pos"])
+
+    def put_member(self, room_id: str, user_id: str, m: MemberState) -> None:
+        self.store[_key("m", room_id, user_id)] = orjson.dumps(
+            {"membership": m.membership, "stream_pos": m.stream_pos}
+        )
+
+    def servers(self, room_id: str) -> RoomServers | None:
+        raw = self.store.get(_key("s", room_id))
+        if raw is None:
+            return None
+        d = orjson.loads(raw)
+        return RoomServers(d["counts"], tuple(d["last"]) if d["last"] else None)
+
+    def put_servers(self, room_id: str, s: RoomServers) -> None:
+        self.store[_key("s", room_id)] = orjson.dumps({"counts": s.counts, "last": s.last})
+
+    def event(self, room_id: str, event_id: str) -> EventInfo | None:
+        raw = self.store.get(_key("e", room_id, event_id))
+        if raw is None:
+            return None
+        d = orjson.loads(raw)
+        return EventInfo(d["stream_pos"], d["sender"], d.get("rel_type"), d.get("parent"))
+
+    def put_event(self, room_id: str, event_id: str, e: EventInfo) -> None:
+        self.store[_key("e", room_id, event_id)] = orjson.dumps(
+            {"stream_pos": e.stream_pos, "sender": e.sender, "rel_type": e.rel_type,
+             "parent": e.parent}
+        )
+
+
+class HeldReceipts:
+    """Receipts waiting for their event or join, per (room, what, dep); kept apart from the
+    room state so that the grace-period sweep scans only these few entries."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @staticmethod
+    def key(room_id: str, waiting_for: str, dep: str) -> bytes:
+        return _key(room_id, waiting_for, dep)
+
+    def get(self, key: bytes) -> list[dict[str, Any]]:
+        raw = self.store.get(key)
+        return orjson.loads(raw) if raw is not None else []
+
+    def put(self, key: bytes, entries: list[dict[str, Any]]) -> None:
+        self.store[key] = orjson.dumps(entries)
+
+    def set(self, key: bytes, entries: list[dict[str, Any]] | None) -> None:
+        """Replace a held list; None or empty deletes it."""
+        if entries:
+            self.put(key, entries)
+        elif key in self.store:
+            del self.store[key]
+
+    def items(self) -> Iterator[tuple[bytes, list[dict[str, Any]]]]:
+        for key, raw in list(self.store.items()):
+            yield key, orjson.loads(raw)
+
+
+class ReceiptsTable:
+    """The receipts table: ReceiptKey -> Receipt, as bytes exactly as on the changelog."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def get(self, key: ReceiptKey) -> Receipt | None:
+        raw = self.store.get(key.encode())
+        return Receipt.decode(raw) if raw is not None else None
+
+    def put(self, key: ReceiptKey, value: Receipt) -> None:
+        self.store[key.encode()] = value.encode()
+
+    def items(self) -> Iterator[tuple[ReceiptKey, Receipt]]:
+        for k, v in list(self.store.items()):
+            yield ReceiptKey.decode(k), Receipt.decode(v)
