@@ -1,0 +1,139 @@
+"""The Faust wiring: topics, tables and the fold agent. Agents only decode, call the core
+`Processor`, and send what it returns.
+
+All room-keyed inputs (client receipts, membership, events, ticks) feed one agent with
+`concurrency=1`, so one partition's records are folded one at a time and every table write
+goes to the changelog partition of the record being processed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from receipt_streams.adapters import metrics
+from receipt_streams.adapters.delta_emitter import DeltaEmitter
+from receipt_streams.config import Settings
+from receipt_streams.core.dlq import Source
+from receipt_streams.core.parsing import Rejection
+from receipt_streams.core.processor import (
+    Effect,
+    Folded,
+    Held,
+    HeldWrite,
+    Limits,
+    Processor,
+    SendDlq,
+)
+from receipt_streams.core.reasons import Reason
+
+log = logging.getLogger(__name__)
+
+RAW = {"key_serializer": "raw", "value_serializer": "raw"}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def create_app(s: Settings) -> faust.App:
+    app = faust.App(
+        s.app_id,
+        broker=[f"kafka://{b.strip()}" for b in s.bootstrap_servers.split(",")],
+        store=s.store_url,
+        datadir=str(s.data_dir / "tables"),
+        autodiscover=False,
+        topic_partitions=s.partitions,
+        topic_replication_factor=s.replication_factor,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=s.commit_interval_s,
+        broker_session_timeout=s.session_timeout_s,
+        broker_heartbeat_interval=s.session_timeout_s / 4,
+        producer_acks=-1,
+        producer_linger=s.producer_linger_ms / 1000,
+        web_host=s.web_host,
+        web_port=s.web_port,
+        **RAW,
+    )
+    n = s.partitions
+    inputs = app.topic(*s.room_keyed_inputs(), **RAW)
+    dlq = app.topic(s.topic_dlq, partitions=n, **RAW)
+    ticks = app.topic(s.topic_ticks, partitions=n, **RAW)
+    tables = {name: app.Table(name, partitions=n, key_type=bytes, value_type=bytes)
+              for name in ("receipts", "room_state", "held")}
+    processor = Processor(
+        tables["receipts"], tables["room_state"], tables["held"],
+        Limits(grace_ms=int(s.grace_period_s * 1000), max_record_bytes=s.max_record_bytes,
+               held_per_dep=s.held_per_dep))
+    handlers = {
+        s.topic_client: processor.client_receipt,
+        s.topic_membership: processor.membership,
+        s.topic_events: processor.room_event,
+    }
+
+    async def carry_out(effects: list[Effect], source: str) -> None:
+        after_flush: list[HeldWrite] = []
+        for effect in effects:
+            if isinstance(effect, SendDlq):
+                metrics.REJECTED.labels(str(effect.reason)).inc()
+                await dlq.send(key=effect.topic.encode(), value=effect.record)
+            elif isinstance(effect, Folded):
+                metrics.RECEIPTS.labels(source, effect.outcome.value).inc()
+            elif isinstance(effect, Held):
+                metrics.HELD.labels(effect.waiting_for).inc()
+            elif isinstance(effect, HeldWrite):
+                after_flush.append(effect)
+        if after_flush:
+            # What a held receipt became (a table write, a DLQ record) must be durable
+            # before the held entry is forgotten.
+            await app.producer.flush()
+            for write in after_flush:
+                processor.held.set(write.key, write.entries)
+
+    @app.agent(inputs, concurrency=1)
+    async def fold(stream: Any) -> None:
+        async for event in stream.events():
+            msg = event.message
+            metrics.INPUTS.labels(msg.topic).inc()
+            now = now_ms()
+            src = Source(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
+            try:
+                if msg.topic == s.topic_ticks:
+                    effects = processor.tick(msg.partition, now)
+                else:
+                    effects = handlers[msg.topic](src, now)
+            except Exception as exc:  # a bug must not stop the stream: park the record
+                log.exception("record failed", extra={"topic": msg.topic,
+                                                      "partition": msg.partition,
+                                                      "offset": msg.offset})
+                effects = [processor.reject(src, Rejection(Reason.INTERNAL_ERROR, repr(exc)),
+                                            now)]
+            await carry_out(effects, "client")
+
+    @app.timer(s.tick_interval_s)
+    async def send_ticks() -> None:
+        """Drive the grace-period sweep on every partition, busy or idle."""
+        stamp = str(now_ms()).encode()
+        for partition in range(n):
+            await ticks.send(key=b"tick", value=stamp, partition=partition)
+
+    emitter = DeltaEmitter(s)
+
+    @app.task
+    async def emit_deltas() -> None:
+        await emitter.run_forever()
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json({"status": "ok"})
+
+    app.receipt_tables = tables  # type: ignore[attr-defined]
+    return app

@@ -1,0 +1,56 @@
+"""The `receipt-streams` console script."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from receipt_streams.config import Settings
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from receipt_streams.entrypoints.worker import run_worker
+
+    return run_worker(Settings())
+
+
+def _cmd_topics(args: argparse.Namespace) -> int:
+    from receipt_streams.adapters.topics import ensure_topics
+
+    created = asyncio.run(ensure_topics(Settings()))
+    print("created: " + (", ".join(created) if created else "nothing, all topics exist"))
+    return 0
+
+
+def _cmd_schemas(args: argparse.Namespace) -> int:
+    from receipt_streams.entrypoints.schemas import write_schemas
+
+    for path in write_schemas(args.out):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="receipt-streams",
+        description="Matrix read receipts as a Kafka stream processor. Configuration comes "
+        "from RECEIPT_STREAMS_* environment variables (see README).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("worker", help="run a worker (joins the consumer group; "
+                   "stops cleanly on SIGINT/SIGTERM)").set_defaults(func=_cmd_worker)
+    sub.add_parser("topics", help="create the topics the worker needs").set_defaults(
+        func=_cmd_topics)
+    schemas = sub.add_parser("schemas", help="write the topics' JSON Schemas")
+    schemas.add_argument("--out", default="schemas", help="folder (default: schemas)")
+    schemas.set_defaults(func=_cmd_schemas)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

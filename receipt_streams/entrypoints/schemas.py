@@ -1,0 +1,75 @@
+"""`receipt-streams schemas`: JSON Schemas of every topic, generated from the core models.
+
+`tests/entrypoints/test_schemas.py` fails when `schemas/` drifts from what this generates.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, TypeAdapter
+
+from receipt_streams.config import Settings
+from receipt_streams.core import models
+
+DRAFT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def _schema(kind: type[BaseModel] | Any, title: str, description: str) -> dict[str, Any]:
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        body = kind.model_json_schema(mode="serialization")
+    else:
+        body = TypeAdapter(kind).json_schema(mode="serialization")
+    return {"$schema": DRAFT, **body, "title": title, "description": description}
+
+
+def all_schemas() -> dict[str, dict[str, Any]]:
+    """File name -> schema. Names follow the default topic names (see config.py)."""
+    s = Settings()
+    return {
+        f"{s.topic_client}.json": _schema(
+            models.ClientReceipt, s.topic_client,
+            "A receipt from a local user (key: room_id)."),
+        f"{s.topic_federation}.json": _schema(
+            models.FederationReceipts, s.topic_federation,
+            "An inbound m.receipt EDU as the remote server sent it (key: origin)."),
+        f"{s.topic_membership}.json": _schema(
+            models.MembershipChange, s.topic_membership,
+            "A membership change in stream order (key: room_id)."),
+        f"{s.topic_events}.json": _schema(
+            models.RoomEvent, s.topic_events,
+            "An event persisted in a room, in stream order (key: room_id)."),
+        f"{s.topic_sync}.json": _schema(
+            models.SyncDelta, s.topic_sync,
+            "One room's batched receipt changes (key: room_id)."),
+        f"{s.topic_edus}.json": _schema(
+            models.OutboundEdu, s.topic_edus,
+            "One m.receipt EDU for one destination (key: destination)."),
+        f"{s.topic_dlq}.json": _schema(
+            models.DlqRecord, s.topic_dlq,
+            "A rejected input record with its raw bytes (key: source topic)."),
+        "receipts-changelog.key.json": _schema(
+            models.ChangelogKey, f"{s.changelog_receipts} key",
+            "[room_id, user_id, receipt_type, thread_id or null]. The topic is "
+            "<app_id>-receipts-changelog, compacted: the analytics feed."),
+        "receipts-changelog.value.json": _schema(
+            models.ReceiptValue, f"{s.changelog_receipts} value",
+            "The latest receipt of the key's slot."),
+    }
+
+
+def render(schema: dict[str, Any]) -> bytes:
+    return orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+
+
+def write_schemas(out: str | Path) -> list[Path]:
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, schema in all_schemas().items():
+        path = folder / name
+        path.write_bytes(render(schema))
+        written.append(path)
+    return written
