@@ -23,12 +23,13 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/python deploy/local-kafka/kafka.py jars >/dev/null
 	$(VENV)/bin/pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check receipt_streams
+	$(VENV)/bin/ruff format --check .
 
 schemas: $(STAMP)
 	$(VENV)/bin/receipt-streams schemas --out schemas

@@ -12,19 +12,26 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RECEIPT_STREAMS_", extra="ignore",
-                                      populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_prefix="RECEIPT_STREAMS_", extra="ignore", populate_by_name=True
+    )
 
     bootstrap_servers: str = Field(
         "127.0.0.1:9092",
-        validation_alias=AliasChoices("RECEIPT_STREAMS_BOOTSTRAP_SERVERS",
-                                      "KAFKA_BOOTSTRAP_SERVERS"),
+        validation_alias=AliasChoices(
+            "RECEIPT_STREAMS_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"
+        ),
         description="Kafka bootstrap servers, comma separated.",
     )
-    app_id: str = Field("receipt-streams", description="Faust app id: the consumer group, and "
-                        "the prefix of the changelog topics.")
-    server_name: str = Field("localhost", description="This homeserver's name: users on it are "
-                             "local, and it is never a federation destination.")
+    app_id: str = Field(
+        "receipt-streams",
+        description="Faust app id: the consumer group, and the prefix of the changelog topics.",
+    )
+    server_name: str = Field(
+        "localhost",
+        description="This homeserver's name: users on it are "
+        "local, and it is never a federation destination.",
+    )
 
     topic_client: str = "receipts.client.v1"
     topic_federation: str = "receipts.federation.v1"
@@ -33,34 +40,67 @@ class Settings(BaseSettings):
     topic_sync: str = "receipts.sync.v1"
     topic_edus: str = "federation.edus.v1"
     topic_dlq: str = "receipts.dlq.v1"
-    topic_ticks: str = Field("receipts.ticks.v1", description="Internal: per-partition clock "
-                             "ticks that drive the grace-period sweep.")
+    topic_ticks: str = Field(
+        "receipts.ticks.v1",
+        description="Internal: per-partition clock ticks that drive the grace-period sweep.",
+    )
 
-    partitions: int = Field(8, ge=1, description="Partition count of every room-keyed topic; "
-                            "co-partitioned topics must all have it.")
+    partitions: int = Field(
+        8,
+        ge=1,
+        description="Partition count of every room-keyed topic; "
+        "co-partitioned topics must all have it.",
+    )
     replication_factor: int = Field(1, ge=1)
     create_topics: bool = Field(True, description="Create missing topics at start.")
 
-    store_url: str = Field("rocksdb://", description="Faust table store: rocksdb:// in "
-                           "production, memory:// for tests.")
+    store_url: str = Field(
+        "rocksdb://",
+        description="Faust table store: rocksdb:// in production, memory:// for tests.",
+    )
     data_dir: Path = Field(Path(".local/worker"), description="Local table state (RocksDB).")
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=0, le=65535)
 
     batch_window_ms: int = Field(50, ge=0, description="Sync delta batching window.")
-    grace_period_s: float = Field(30.0, ge=0, description="How long a receipt waits for its "
-                                  "event or its sender's join before the DLQ.")
+    edu_window_ms: int = Field(50, ge=0, description="Federation EDU batching window.")
+    large_room_servers: int = Field(
+        10, ge=1, description="Rooms with at least this many remote servers are paced."
+    )
+    large_room_interval_ms: int = Field(
+        200, ge=1, description="A paced room's receipts go out at most once per this interval."
+    )
+    grace_period_s: float = Field(
+        30.0,
+        ge=0,
+        description="How long a receipt waits for its event or its sender's join before the DLQ.",
+    )
     tick_interval_s: float = Field(1.0, gt=0, description="Grace sweep period.")
     held_per_dep: int = Field(1000, ge=1, description="Receipts held per missing event/join.")
-    max_record_bytes: int = Field(65_536, ge=256, description="Larger input records go to "
-                                  "the DLQ as too_large.")
+    max_record_bytes: int = Field(
+        65_536, ge=256, description="Larger input records go to the DLQ as too_large."
+    )
     commit_interval_s: float = Field(1.0, gt=0, description="Consumer offset commit period.")
-    session_timeout_s: float = Field(10.0, ge=1, description="Consumer group session timeout: "
-                                     "how long a dead worker's partitions wait before they "
-                                     "move to another worker.")
+    session_timeout_s: float = Field(
+        10.0,
+        ge=1,
+        description="Consumer group session timeout: "
+        "how long a dead worker's partitions wait before they "
+        "move to another worker.",
+    )
     producer_linger_ms: int = Field(5, ge=0)
     log_level: str = "INFO"
     log_json: bool = Field(True, description="Structured JSON log lines.")
+
+    @property
+    def topic_federation_in(self) -> str:
+        """Internal: inbound EDU entries repartitioned by room."""
+        return f"{self.app_id}-federation-in"
+
+    @property
+    def topic_outbox(self) -> str:
+        """Internal: local m.read changes to federate, with their destinations."""
+        return f"{self.app_id}-federation-out"
 
     @property
     def changelog_receipts(self) -> str:
@@ -75,4 +115,10 @@ class Settings(BaseSettings):
         return f"{self.app_id}-held-changelog"
 
     def room_keyed_inputs(self) -> list[str]:
-        return [self.topic_client, self.topic_membership, self.topic_events, self.topic_ticks]
+        return [
+            self.topic_client,
+            self.topic_membership,
+            self.topic_events,
+            self.topic_ticks,
+            self.topic_federation_in,
+        ]

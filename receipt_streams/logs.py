@@ -30,14 +30,22 @@ class JsonFormatter(logging.Formatter):
 
 def logging_config(level: str, json: bool) -> dict[str, Any]:
     """A dictConfig for the worker (faust/mode take it as `logging_config`)."""
-    fmt = ({"()": JsonFormatter} if json
-           else {"format": "[%(asctime)s] %(levelname)s %(name)s: %(message)s"})
+    fmt = (
+        {"()": JsonFormatter}
+        if json
+        else {"format": "[%(asctime)s] %(levelname)s %(name)s: %(message)s"}
+    )
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"main": fmt},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "main",
-                                "stream": "ext://sys.stderr"}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "main",
+                "stream": "ext://sys.stderr",
+            }
+        },
         "root": {"level": level.upper(), "handlers": ["stderr"]},
         "loggers": {"aiokafka": {"level": "WARNING"}},
     }

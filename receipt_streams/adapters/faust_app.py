@@ -8,6 +8,7 @@ goes to the changelog partition of the record being processed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -16,12 +17,15 @@ import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from receipt_streams.adapters import metrics
-from receipt_streams.adapters.delta_emitter import DeltaEmitter
+from receipt_streams.adapters.relay import DeltaRelay, EduRelay
 from receipt_streams.config import Settings
 from receipt_streams.core.dlq import Source
 from receipt_streams.core.parsing import Rejection
 from receipt_streams.core.processor import (
+    FEDERATION_IN,
+    FEDERATION_OUT,
     Effect,
+    Emit,
     Folded,
     Held,
     HeldWrite,
@@ -63,16 +67,31 @@ def create_app(s: Settings) -> faust.App:
     inputs = app.topic(*s.room_keyed_inputs(), **RAW)
     dlq = app.topic(s.topic_dlq, partitions=n, **RAW)
     ticks = app.topic(s.topic_ticks, partitions=n, **RAW)
-    tables = {name: app.Table(name, partitions=n, key_type=bytes, value_type=bytes)
-              for name in ("receipts", "room_state", "held")}
+    federation = app.topic(s.topic_federation, **RAW)
+    streams = {
+        FEDERATION_IN: app.topic(s.topic_federation_in, partitions=n, **RAW),
+        FEDERATION_OUT: app.topic(s.topic_outbox, partitions=n, **RAW),
+    }
+    tables = {
+        name: app.Table(name, partitions=n, key_type=bytes, value_type=bytes)
+        for name in ("receipts", "room_state", "held")
+    }
     processor = Processor(
-        tables["receipts"], tables["room_state"], tables["held"],
-        Limits(grace_ms=int(s.grace_period_s * 1000), max_record_bytes=s.max_record_bytes,
-               held_per_dep=s.held_per_dep))
+        tables["receipts"],
+        tables["room_state"],
+        tables["held"],
+        Limits(
+            server_name=s.server_name,
+            grace_ms=int(s.grace_period_s * 1000),
+            max_record_bytes=s.max_record_bytes,
+            held_per_dep=s.held_per_dep,
+        ),
+    )
     handlers = {
         s.topic_client: processor.client_receipt,
         s.topic_membership: processor.membership,
         s.topic_events: processor.room_event,
+        s.topic_federation_in: processor.remote_receipt,
     }
 
     async def carry_out(effects: list[Effect], source: str) -> None:
@@ -81,6 +100,8 @@ def create_app(s: Settings) -> faust.App:
             if isinstance(effect, SendDlq):
                 metrics.REJECTED.labels(str(effect.reason)).inc()
                 await dlq.send(key=effect.topic.encode(), value=effect.record)
+            elif isinstance(effect, Emit):
+                await streams[effect.stream].send(key=effect.key, value=effect.value)
             elif isinstance(effect, Folded):
                 metrics.RECEIPTS.labels(source, effect.outcome.value).inc()
             elif isinstance(effect, Held):
@@ -94,25 +115,37 @@ def create_app(s: Settings) -> faust.App:
             for write in after_flush:
                 processor.held.set(write.key, write.entries)
 
+    def guarded(handler: Any, msg: Any) -> list[Effect]:
+        """Run one record through the core; a bug must not stop the stream: park it."""
+        metrics.INPUTS.labels(msg.topic).inc()
+        now = now_ms()
+        src = Source(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
+        try:
+            return handler(src, now)
+        except Exception as exc:
+            log.exception(
+                "record failed",
+                extra={"topic": msg.topic, "offset": msg.offset, "partition": msg.partition},
+            )
+            return [processor.reject(src, Rejection(Reason.INTERNAL_ERROR, repr(exc)), now)]
+
+    def tick(src: Source, now: int) -> list[Effect]:
+        return processor.tick(src.partition, now)
+
+    handlers[s.topic_ticks] = tick
+
     @app.agent(inputs, concurrency=1)
     async def fold(stream: Any) -> None:
         async for event in stream.events():
             msg = event.message
-            metrics.INPUTS.labels(msg.topic).inc()
-            now = now_ms()
-            src = Source(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
-            try:
-                if msg.topic == s.topic_ticks:
-                    effects = processor.tick(msg.partition, now)
-                else:
-                    effects = handlers[msg.topic](src, now)
-            except Exception as exc:  # a bug must not stop the stream: park the record
-                log.exception("record failed", extra={"topic": msg.topic,
-                                                      "partition": msg.partition,
-                                                      "offset": msg.offset})
-                effects = [processor.reject(src, Rejection(Reason.INTERNAL_ERROR, repr(exc)),
-                                            now)]
-            await carry_out(effects, "client")
+            source = "federation" if msg.topic == s.topic_federation_in else "client"
+            await carry_out(guarded(handlers[msg.topic], msg), source)
+
+    @app.agent(federation, concurrency=1)
+    async def split_federation(stream: Any) -> None:
+        """Inbound EDUs are keyed by origin: split them and route each entry to its room."""
+        async for event in stream.events():
+            await carry_out(guarded(processor.federation_edu, event.message), "federation")
 
     @app.timer(s.tick_interval_s)
     async def send_ticks() -> None:
@@ -121,11 +154,11 @@ def create_app(s: Settings) -> faust.App:
         for partition in range(n):
             await ticks.send(key=b"tick", value=stamp, partition=partition)
 
-    emitter = DeltaEmitter(s)
+    relays = [DeltaRelay(s), EduRelay(s)]
 
     @app.task
-    async def emit_deltas() -> None:
-        await emitter.run_forever()
+    async def run_relays() -> None:
+        await asyncio.gather(*(relay.run_forever() for relay in relays))
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

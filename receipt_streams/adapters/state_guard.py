@@ -28,8 +28,10 @@ class StateGuard:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         wiped = False
         if self.marker.exists():
-            log.warning("previous worker did not stop cleanly: rebuilding tables from changelogs",
-                        extra={"tables_dir": str(self.tables_dir)})
+            log.warning(
+                "previous worker did not stop cleanly: rebuilding tables from changelogs",
+                extra={"tables_dir": str(self.tables_dir)},
+            )
             shutil.rmtree(self.tables_dir, ignore_errors=True)
             wiped = True
         self.marker.write_text(str(os.getpid()))

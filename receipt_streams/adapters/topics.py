@@ -41,6 +41,8 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
         TopicSpec(s.topic_events, n),
         TopicSpec(s.topic_federation, n, co_partitioned=False),
         TopicSpec(s.topic_ticks, n, hour),
+        TopicSpec(s.topic_federation_in, n),
+        TopicSpec(s.topic_outbox, n, co_partitioned=False),
         TopicSpec(s.topic_sync, n, co_partitioned=False),
         TopicSpec(s.topic_edus, n, co_partitioned=False),
         TopicSpec(s.topic_dlq, n, co_partitioned=False),
@@ -53,8 +55,9 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
 async def ensure_topics(s: Settings) -> list[str]:
     """Create what is missing; check what exists. Returns the names created."""
     specs = topic_specs(s)
-    admin = AIOKafkaAdminClient(bootstrap_servers=s.bootstrap_servers,
-                                client_id=f"{s.app_id}-admin")
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=s.bootstrap_servers, client_id=f"{s.app_id}-admin"
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -62,8 +65,9 @@ async def ensure_topics(s: Settings) -> list[str]:
         created = []
         for spec in missing:
             try:
-                new = NewTopic(spec.name, spec.partitions, s.replication_factor,
-                               topic_configs=spec.config)
+                new = NewTopic(
+                    spec.name, spec.partitions, s.replication_factor, topic_configs=spec.config
+                )
                 await admin.create_topics([new])
                 created.append(spec.name)
             except TopicAlreadyExistsError:
@@ -75,7 +79,8 @@ async def ensure_topics(s: Settings) -> list[str]:
                 raise TopicLayoutError(
                     f"topic {topic['topic']!r} has {count} partitions, but "
                     f"RECEIPT_STREAMS_PARTITIONS={s.partitions}: co-partitioned topics must "
-                    "all have the same count")
+                    "all have the same count"
+                )
         if created:
             log.info("created topics", extra={"topics": created})
         return created

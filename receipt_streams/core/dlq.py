@@ -34,8 +34,11 @@ def dlq_record(src: Source, rejection: Rejection, now_ms: int) -> bytes:
     key, key_enc = _text(src.key)
     value, value_enc = _text(src.value)
     record: dict[str, object] = {
-        "topic": src.topic, "partition": src.partition, "offset": src.offset,
-        "key": key, "value": value,
+        "topic": src.topic,
+        "partition": src.partition,
+        "offset": src.offset,
+        "key": key,
+        "value": value,
         "error": {"code": str(rejection.reason), "message": rejection.message},
         "ts": now_ms,
     }

@@ -125,8 +125,10 @@ class SyncDelta(BaseModel):
     """`receipts.sync.v1`: one room's batched changes; empty parts are left out."""
 
     room_id: str
-    seq: int = Field(description="Grows with each delta of a room: the changelog offset of the "
-                     "newest change it carries, so it is stable across restarts.")
+    seq: int = Field(
+        description="Grows with each delta of a room: the changelog offset of the "
+        "newest change it carries, so it is stable across restarts."
+    )
     ts: int
     receipt: ReceiptEvent | None = Field(None, description="For every joined member.")
     private: dict[str, ReceiptEvent] | None = Field(None, description="For each owner only.")
@@ -158,11 +160,16 @@ class ReceiptValue(BaseModel):
     """The receipts table's value, as on its compacted changelog (the analytics feed)."""
 
     event_id: str
-    stream_pos: int | None = Field(None, description="The event's stream position; null when "
-                                   "the event was not yet known (remote receipts).")
+    stream_pos: int | None = Field(
+        None,
+        description="The event's stream position; null when "
+        "the event was not yet known (remote receipts).",
+    )
     ts: int
-    data: dict[str, Any] = Field(description="As shown to clients: `ts`, `thread_id` when "
-                                 "threaded, and a remote server's extra fields as sent.")
+    data: dict[str, Any] = Field(
+        description="As shown to clients: `ts`, `thread_id` when "
+        "threaded, and a remote server's extra fields as sent."
+    )
 
 
 ChangelogKey = tuple[str, str, ReceiptType, str | None]
@@ -176,3 +183,26 @@ class OutboundEdu(BaseModel):
     origin: str
     edu_type: Literal["m.receipt"]
     content: dict[str, dict[str, dict[str, Any]]]
+
+
+class FederationEntry(BaseModel):
+    """Internal `<app_id>-federation-in`: one inbound EDU entry, routed to its room."""
+
+    origin: str
+    room_id: str
+    user_id: str
+    event_id: str
+    data: dict[str, Any] = Field(description="As sent, less a non-string thread_id.")
+
+
+class OutboxRecord(BaseModel):
+    """Internal `<app_id>-federation-out`: a local m.read change and where it must go."""
+
+    room_id: str
+    user_id: str
+    thread_id: str | None
+    event_id: str
+    data: dict[str, Any]
+    destinations: list[str] = Field(
+        description="Servers with a joined member when the change was folded, less this server."
+    )

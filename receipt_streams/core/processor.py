@@ -9,13 +9,20 @@ durable (a held receipt is only forgotten once its outcome is safely in Kafka).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from receipt_streams.core.dlq import Source, dlq_record
+from receipt_streams.core.federation import RemoteReceipt, outbox_record, split_edu
 from receipt_streams.core.fold import Outcome, fold
+from receipt_streams.core.ids import server_of
 from receipt_streams.core.membership import apply_membership
-from receipt_streams.core.models import ClientReceipt, MembershipChange, RoomEvent
+from receipt_streams.core.models import (
+    ClientReceipt,
+    FederationReceipts,
+    MembershipChange,
+    RoomEvent,
+)
 from receipt_streams.core.parsing import Rejection, check_key, parse_payload
 from receipt_streams.core.reasons import Reason
 from receipt_streams.core.receipts import Receipt, ReceiptKey
@@ -39,6 +46,16 @@ class Folded:
 
 
 @dataclass(frozen=True, slots=True)
+class Emit:
+    """A record for an internal stream, keyed by room: `federation_in` (one inbound EDU entry,
+    repartitioned to its room) or `federation_out` (a local m.read change to federate)."""
+
+    stream: str
+    key: bytes
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class HeldWrite:
     """Set (or, with None, delete) a held list, only after the producer is flushed."""
 
@@ -51,11 +68,14 @@ class Held:
     waiting_for: str
 
 
-Effect = SendDlq | Folded | HeldWrite | Held
+Effect = SendDlq | Folded | HeldWrite | Held | Emit
+
+FEDERATION_IN, FEDERATION_OUT = "federation_in", "federation_out"
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    server_name: str = "localhost"  # users on it are local; their m.read is federated
     grace_ms: int = 30_000
     max_record_bytes: int = 65_536
     held_per_dep: int = 1_000
@@ -63,16 +83,18 @@ class Limits:
 
 def _entry(src: Source, now_ms: int) -> dict[str, Any]:
     return {
-        "topic": src.topic, "partition": src.partition, "offset": src.offset,
+        "topic": src.topic,
+        "partition": src.partition,
+        "offset": src.offset,
         "key": src.key.decode("utf-8", "replace") if src.key is not None else None,
-        "value": (src.value or b"").decode("utf-8"), "held_at": now_ms,
+        "value": (src.value or b"").decode("utf-8"),
+        "held_at": now_ms,
     }
 
 
 def _source(entry: dict[str, Any]) -> Source:
     key = entry["key"].encode() if entry["key"] is not None else None
-    return Source(entry["topic"], entry["partition"], entry["offset"], key,
-                  entry["value"].encode())
+    return Source(entry["topic"], entry["partition"], entry["offset"], key, entry["value"].encode())
 
 
 def _same_record(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -126,18 +148,75 @@ class Processor:
             return [ev]
         if self.state.event(ev.room_id, ev.event_id) is None:
             rel = ev.relates_to
-            self.state.put_event(ev.room_id, ev.event_id, EventInfo(
-                ev.stream_pos, ev.sender, rel.rel_type if rel else None,
-                rel.event_id if rel else None))
+            self.state.put_event(
+                ev.room_id,
+                ev.event_id,
+                EventInfo(
+                    ev.stream_pos,
+                    ev.sender,
+                    rel.rel_type if rel else None,
+                    rel.event_id if rel else None,
+                ),
+            )
         # Release even when the event was known: a crash may have cut a release short.
         return self._release(HeldReceipts.key(ev.room_id, "event", ev.event_id), now_ms)
+
+    def federation_edu(self, src: Source, now_ms: int) -> list[Effect]:
+        """Split an inbound EDU (keyed by origin) into entries keyed by room; stateless."""
+        envelope = parse_payload(FederationReceipts, src.value, self.limits.max_record_bytes)
+        if isinstance(envelope, Rejection):
+            return [self.reject(src, envelope, now_ms)]
+        if envelope.origin == self.limits.server_name:
+            return [
+                self.reject(
+                    src,
+                    Rejection(
+                        Reason.ORIGIN_MISMATCH, "an inbound EDU cannot come from this server"
+                    ),
+                    now_ms,
+                )
+            ]
+        accepted, rejected = split_edu(envelope.origin, envelope.edu.content)
+        effects: list[Effect] = [
+            self.reject(
+                src, Rejection(r.rejection.reason, f"{r.where}: {r.rejection.message}"), now_ms
+            )
+            for r in rejected
+        ]
+        effects += [Emit(FEDERATION_IN, r.room_id.encode(), r.encode()) for r in accepted]
+        return effects
+
+    def remote_receipt(self, src: Source, now_ms: int) -> list[Effect]:
+        """One inbound entry on its room's partition: the origin must be in the room; the
+        event may be unknown yet (remote events can arrive later)."""
+        try:
+            remote = RemoteReceipt.decode(src.value or b"")
+        except (ValueError, KeyError, TypeError) as exc:
+            return [self.reject(src, Rejection(Reason.BAD_SHAPE, repr(exc)), now_ms)]
+        servers = self.state.servers(remote.room_id)
+        if servers is None or not servers.has(remote.origin):
+            return [
+                self.reject(
+                    src,
+                    Rejection(
+                        Reason.ORIGIN_NOT_IN_ROOM,
+                        f"{remote.origin} has no joined member in {remote.room_id}",
+                    ),
+                    now_ms,
+                )
+            ]
+        event = self.state.event(remote.room_id, remote.event_id)
+        return self._fold(remote.key, remote.receipt(event.stream_pos if event else None))
 
     def tick(self, partition: int, now_ms: int) -> list[Effect]:
         """The grace-period sweep for one partition: expired held receipts get a last check."""
         effects: list[Effect] = []
         for key, entries in self.held.items():
-            due = [e for e in entries if e["partition"] == partition
-                   and now_ms - e["held_at"] >= self.limits.grace_ms]
+            due = [
+                e
+                for e in entries
+                if e["partition"] == partition and now_ms - e["held_at"] >= self.limits.grace_ms
+            ]
             if not due:
                 continue
             for entry in due:
@@ -153,24 +232,57 @@ class Processor:
         self, r: ClientReceipt, entry: dict[str, Any], now_ms: int, *, expire: bool
     ) -> list[Effect]:
         verdict = check_client_receipt(
-            r, self.state.member(r.room_id, r.user_id),
-            lambda event_id: self.state.event(r.room_id, event_id))
+            r,
+            self.state.member(r.room_id, r.user_id),
+            lambda event_id: self.state.event(r.room_id, event_id),
+        )
         if isinstance(verdict, Rejection):
             return [self.reject(_source(entry), verdict, now_ms)]
         if isinstance(verdict, Hold):
             if expire:
                 why = f"{verdict.dep} not seen within {self.limits.grace_ms} ms"
-                return [self.reject(_source(entry),
-                                     Rejection(expiry_reason(verdict.waiting_for), why), now_ms)]
+                return [
+                    self.reject(
+                        _source(entry), Rejection(expiry_reason(verdict.waiting_for), why), now_ms
+                    )
+                ]
             return self._hold(r.room_id, verdict, entry, now_ms)
         assert isinstance(verdict, Accept)
-        return [self._fold(verdict.key, verdict.receipt)]
+        return self._fold(verdict.key, verdict.receipt)
 
-    def _fold(self, key: ReceiptKey, incoming: Receipt) -> Folded:
-        outcome = fold(self.receipts.get(key), incoming)
+    def _stored(self, key: ReceiptKey) -> Receipt | None:
+        """The slot's receipt, with the position of its event if that became known since it
+        was stored (a remote receipt for an unknown event): else older receipts would win."""
+        current = self.receipts.get(key)
+        if current is not None and current.stream_pos is None:
+            event = self.state.event(key.room_id, current.event_id)
+            if event is not None:
+                current = replace(current, stream_pos=event.stream_pos)
+        return current
+
+    def _fold(self, key: ReceiptKey, incoming: Receipt) -> list[Effect]:
+        outcome = fold(self._stored(key), incoming)
         if outcome is Outcome.APPLIED:
             self.receipts.put(key, incoming)
-        return Folded(key, incoming, outcome)
+        effects: list[Effect] = [Folded(key, incoming, outcome)]
+        if outcome is not Outcome.UNCHANGED and self._federates(key):
+            # REPLAYED too: the table write may have survived a crash that lost this record.
+            servers = self.state.servers(key.room_id)
+            destinations = servers.servers() - {self.limits.server_name} if servers else set()
+            if destinations:
+                effects.append(
+                    Emit(
+                        FEDERATION_OUT,
+                        key.room_id.encode(),
+                        outbox_record(key, incoming, destinations),
+                    )
+                )
+        return effects
+
+    def _federates(self, key: ReceiptKey) -> bool:
+        """Only local users' m.read: never m.read.private, never m.fully_read, never a
+        remote user's receipt (that would federate it again)."""
+        return key.receipt_type == "m.read" and server_of(key.user_id) == self.limits.server_name
 
     def _hold(self, room_id: str, hold: Hold, entry: dict[str, Any], now_ms: int) -> list[Effect]:
         key = HeldReceipts.key(room_id, hold.waiting_for, hold.dep)

@@ -38,8 +38,12 @@ class Receipt:
 
     def encode(self) -> bytes:
         return orjson.dumps(
-            {"event_id": self.event_id, "stream_pos": self.stream_pos, "ts": self.ts,
-             "data": self.data}
+            {
+                "event_id": self.event_id,
+                "stream_pos": self.stream_pos,
+                "ts": self.ts,
+                "data": self.data,
+            }
         )
 
     @classmethod

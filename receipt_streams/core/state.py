@@ -58,8 +58,12 @@ class RoomState:
 
     def put_event(self, room_id: str, event_id: str, e: EventInfo) -> None:
         self.store[_key("e", room_id, event_id)] = orjson.dumps(
-            {"stream_pos": e.stream_pos, "sender": e.sender, "rel_type": e.rel_type,
-             "parent": e.parent}
+            {
+                "stream_pos": e.stream_pos,
+                "sender": e.sender,
+                "rel_type": e.rel_type,
+                "parent": e.parent,
+            }
         )
 
 

@@ -54,8 +54,10 @@ def check_client_receipt(
     if (bad := check_thread_param(r.receipt_type, r.thread_id)) is not None:
         return bad
     if member is not None and member.gone:
-        return Rejection(Reason.NOT_JOINED, f"{r.user_id} is not joined to {r.room_id} "
-                         f"(membership {member.membership})")
+        return Rejection(
+            Reason.NOT_JOINED,
+            f"{r.user_id} is not joined to {r.room_id} (membership {member.membership})",
+        )
     if member is None or not member.joined:
         return Hold("join", r.user_id)
     event = lookup(r.event_id)
@@ -64,8 +66,9 @@ def check_client_receipt(
     if r.thread_id is not None:
         actual = thread_of(r.event_id, lookup)
         if actual != r.thread_id:
-            return Rejection(Reason.THREAD_MISMATCH,
-                             f"{r.event_id} is in thread {actual!r}, not {r.thread_id!r}")
+            return Rejection(
+                Reason.THREAD_MISMATCH, f"{r.event_id} is in thread {actual!r}, not {r.thread_id!r}"
+            )
     key = ReceiptKey(r.room_id, r.user_id, r.receipt_type, r.thread_id)
     return Accept(key, Receipt(r.event_id, event.stream_pos, r.ts, client_data(r.ts, r.thread_id)))
 

@@ -35,12 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="receipt-streams",
         description="Matrix read receipts as a Kafka stream processor. Configuration comes "
-        "from RECEIPT_STREAMS_* environment variables (see README).")
+        "from RECEIPT_STREAMS_* environment variables (see README).",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("worker", help="run a worker (joins the consumer group; "
-                   "stops cleanly on SIGINT/SIGTERM)").set_defaults(func=_cmd_worker)
+    sub.add_parser(
+        "worker", help="run a worker (joins the consumer group; stops cleanly on SIGINT/SIGTERM)"
+    ).set_defaults(func=_cmd_worker)
     sub.add_parser("topics", help="create the topics the worker needs").set_defaults(
-        func=_cmd_topics)
+        func=_cmd_topics
+    )
     schemas = sub.add_parser("schemas", help="write the topics' JSON Schemas")
     schemas.add_argument("--out", default="schemas", help="folder (default: schemas)")
     schemas.set_defaults(func=_cmd_schemas)

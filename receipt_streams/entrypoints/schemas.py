@@ -30,33 +30,57 @@ def all_schemas() -> dict[str, dict[str, Any]]:
     s = Settings()
     return {
         f"{s.topic_client}.json": _schema(
-            models.ClientReceipt, s.topic_client,
-            "A receipt from a local user (key: room_id)."),
+            models.ClientReceipt, s.topic_client, "A receipt from a local user (key: room_id)."
+        ),
         f"{s.topic_federation}.json": _schema(
-            models.FederationReceipts, s.topic_federation,
-            "An inbound m.receipt EDU as the remote server sent it (key: origin)."),
+            models.FederationReceipts,
+            s.topic_federation,
+            "An inbound m.receipt EDU as the remote server sent it (key: origin).",
+        ),
         f"{s.topic_membership}.json": _schema(
-            models.MembershipChange, s.topic_membership,
-            "A membership change in stream order (key: room_id)."),
+            models.MembershipChange,
+            s.topic_membership,
+            "A membership change in stream order (key: room_id).",
+        ),
         f"{s.topic_events}.json": _schema(
-            models.RoomEvent, s.topic_events,
-            "An event persisted in a room, in stream order (key: room_id)."),
+            models.RoomEvent,
+            s.topic_events,
+            "An event persisted in a room, in stream order (key: room_id).",
+        ),
         f"{s.topic_sync}.json": _schema(
-            models.SyncDelta, s.topic_sync,
-            "One room's batched receipt changes (key: room_id)."),
+            models.SyncDelta, s.topic_sync, "One room's batched receipt changes (key: room_id)."
+        ),
         f"{s.topic_edus}.json": _schema(
-            models.OutboundEdu, s.topic_edus,
-            "One m.receipt EDU for one destination (key: destination)."),
+            models.OutboundEdu,
+            s.topic_edus,
+            "One m.receipt EDU for one destination (key: destination).",
+        ),
         f"{s.topic_dlq}.json": _schema(
-            models.DlqRecord, s.topic_dlq,
-            "A rejected input record with its raw bytes (key: source topic)."),
+            models.DlqRecord,
+            s.topic_dlq,
+            "A rejected input record with its raw bytes (key: source topic).",
+        ),
+        "internal.federation-in.json": _schema(
+            models.FederationEntry,
+            f"{s.topic_federation_in}",
+            "Internal: one inbound EDU entry repartitioned to its room (key: room_id).",
+        ),
+        "internal.federation-out.json": _schema(
+            models.OutboxRecord,
+            f"{s.topic_outbox}",
+            "Internal: a local m.read change to federate (key: room_id).",
+        ),
         "receipts-changelog.key.json": _schema(
-            models.ChangelogKey, f"{s.changelog_receipts} key",
+            models.ChangelogKey,
+            f"{s.changelog_receipts} key",
             "[room_id, user_id, receipt_type, thread_id or null]. The topic is "
-            "<app_id>-receipts-changelog, compacted: the analytics feed."),
+            "<app_id>-receipts-changelog, compacted: the analytics feed.",
+        ),
         "receipts-changelog.value.json": _schema(
-            models.ReceiptValue, f"{s.changelog_receipts} value",
-            "The latest receipt of the key's slot."),
+            models.ReceiptValue,
+            f"{s.changelog_receipts} value",
+            "The latest receipt of the key's slot.",
+        ),
     }
 
 

@@ -26,10 +26,18 @@ def run_worker(s: Settings) -> int:
     guard = StateGuard(s.data_dir)
     guard.open()
     app = create_app(s)
-    worker = faust.Worker(app, loglevel=s.log_level, logging_config=config, quiet=True,
-                          redirect_stdouts=False)
-    log.info("worker starting", extra={"bootstrap": s.bootstrap_servers, "app_id": s.app_id,
-                                       "partitions": s.partitions, "web_port": s.web_port})
+    worker = faust.Worker(
+        app, loglevel=s.log_level, logging_config=config, quiet=True, redirect_stdouts=False
+    )
+    log.info(
+        "worker starting",
+        extra={
+            "bootstrap": s.bootstrap_servers,
+            "app_id": s.app_id,
+            "partitions": s.partitions,
+            "web_port": s.web_port,
+        },
+    )
     code: int = 1
     try:
         worker.execute_from_commandline()

@@ -1,7 +1,8 @@
 """SIGKILL the worker mid-stream, several times at different points: nothing is lost.
 
-The final table (the compacted changelog) must equal a reference fold computed here, and the
-view rebuilt by applying every emitted delta in order must equal the table's view.
+The final table (the compacted changelog) must equal a reference fold computed here; the view
+rebuilt by applying every emitted delta in order must equal the table's view; and for each
+remote server, the latest EDU entry per (room, user, thread) must equal the table's m.read.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ def latest_per_key(records: list) -> dict[tuple, dict]:
 
 async def test_sigkill_at_any_point_loses_nothing(kafka_bootstrap: str, tmp_path: Path) -> None:
     s = worker_settings(kafka_bootstrap, tmp_path, partitions=3)
-    work = build_workload(s, seed=7, rooms=4, users=12, events=120,
-                          receipts=CHUNK * len(KILL_AFTER) + 400)
+    work = build_workload(
+        s, seed=7, rooms=4, users=12, events=120, receipts=CHUNK * len(KILL_AFTER) + 400
+    )
     worker = WorkerProcess(s, tmp_path / "worker.log").start()
     worker.wait_ready()
     try:
@@ -57,32 +59,65 @@ async def test_sigkill_at_any_point_loses_nothing(kafka_bootstrap: str, tmp_path
             await changelog.poll()
             for i, threshold in enumerate(KILL_AFTER):
                 before = len(changelog.records)
-                await produce(kafka_bootstrap, work.receipts[i * CHUNK:(i + 1) * CHUNK])
-                await changelog.wait_for(lambda r, b=before, t=threshold: len(r) >= b + t,
-                                         timeout=60, what=f"{threshold} changes")
+                await produce(kafka_bootstrap, work.receipts[i * CHUNK : (i + 1) * CHUNK])
+                await changelog.wait_for(
+                    lambda r, b=before, t=threshold: len(r) >= b + t,
+                    timeout=60,
+                    what=f"{threshold} changes",
+                )
                 worker.kill()
                 worker.start().wait_ready()
-            await produce(kafka_bootstrap, work.receipts[len(KILL_AFTER) * CHUNK:])
+            await produce(kafka_bootstrap, work.receipts[len(KILL_AFTER) * CHUNK :])
 
             expected = reference_table(work)
             try:
-                await changelog.wait_for(lambda r: latest_per_key(r) == expected, timeout=90,
-                                         what="the reference table")
+                await changelog.wait_for(
+                    lambda r: latest_per_key(r) == expected, timeout=90, what="the reference table"
+                )
             except TimeoutError:
                 got = latest_per_key(changelog.records)
                 got = {k: v for k, v in got.items() if k[1] != "@sentinel:hs1"}
-                diff = {k: (got.get(k), expected.get(k)) for k in set(got) | set(expected)
-                        if got.get(k) != expected.get(k)}
-                pytest.fail(f"{len(diff)} slots differ (got, expected): "
-                            f"{list(diff.items())[:5]}")
+                diff = {
+                    k: (got.get(k), expected.get(k))
+                    for k in set(got) | set(expected)
+                    if got.get(k) != expected.get(k)
+                }
+                pytest.fail(f"{len(diff)} slots differ (got, expected): {list(diff.items())[:5]}")
         assert worker.log_path.read_text().count("rebuilding tables from changelogs") == 3
 
         async with TopicReader(kafka_bootstrap, s.topic_sync) as sync:
+
             def view_matches(records: list) -> bool:
                 return views_from_deltas(records) == views_of(expected)
+
             await sync.wait_for(view_matches, timeout=60, what="deltas matching the table")
+
+        federated = {
+            (k[0], k[1], k[3]): v["event_id"] for k, v in expected.items() if k[2] == "m.read"
+        }
+        async with TopicReader(kafka_bootstrap, s.topic_edus) as edus:
+
+            def edus_match(records: list) -> bool:
+                return all(latest_edu_entries(records, d) == federated for d in ("hs2", "hs3"))
+
+            await edus.wait_for(edus_match, timeout=60, what="EDUs matching the table")
     finally:
         worker.stop()
+
+
+def latest_edu_entries(records: list, destination: str) -> dict[tuple, str]:
+    """(room, user, thread) -> event, from the EDUs sent to `destination`, in order."""
+    latest: dict[tuple, str] = {}
+    for m in records:
+        edu = orjson.loads(m.value)
+        if edu["destination"] != destination:
+            continue
+        for room_id, by_type in edu["content"].items():
+            for user_id, receipt in by_type["m.read"].items():
+                if user_id != "@sentinel:hs1":
+                    thread = receipt["data"].get("thread_id")
+                    latest[(room_id, user_id, thread)] = receipt["event_ids"][0]
+    return latest
 
 
 def views_of(table: dict[tuple, dict]) -> dict[str, dict]:
@@ -91,8 +126,11 @@ def views_of(table: dict[tuple, dict]) -> dict[str, dict]:
         if key[1] == "@sentinel:hs1":
             continue
         rooms.setdefault(key[0], []).append(
-            (ReceiptKey(*key), Receipt(value["event_id"], value["stream_pos"], value["ts"],
-                                       value["data"])))
+            (
+                ReceiptKey(*key),
+                Receipt(value["event_id"], value["stream_pos"], value["ts"], value["data"]),
+            )
+        )
     return {room: table_view(entries) for room, entries in rooms.items()}
 
 

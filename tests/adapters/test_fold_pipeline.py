@@ -10,7 +10,13 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.support.scenario import Room, deltas_until_sentinel, merge_parts
+from tests.support.scenario import (
+    Room,
+    deltas_until_sentinel,
+    merge_parts,
+    pass_barrier,
+    without_barriers,
+)
 from tests.support.spec import validate_receipt_event
 from tests.support.worker import TopicReader, WorkerProcess, produce, worker_settings
 
@@ -39,38 +45,74 @@ async def test_scripted_room_gives_exactly_the_expected_deltas(
     room = Room(s, "!scripted:hs1")
     setup = [room.member(u) for u in (A, B, C, D, "@sentinel:hs1")]
     setup += [room.member(D, "leave")]
-    setup += [room.event("$e1"), room.event("$e2"), room.event("$root"),
-              room.event("$t1", relates_to=("m.thread", "$root")), room.event("$e3"),
-              room.event("$ann", relates_to=("m.annotation", "$t1"))]
+    setup += [
+        room.event("$e1"),
+        room.event("$e2"),
+        room.event("$root"),
+        room.event("$t1", relates_to=("m.thread", "$root")),
+        room.event("$e3"),
+        room.event("$ann", relates_to=("m.annotation", "$t1")),
+    ]
     await produce(kafka_bootstrap, setup)
+    await pass_barrier(kafka_bootstrap, room, s.topic_dlq)  # D's leave is folded
 
     steps: list[tuple[str, list, dict]] = [
         ("first m.read", [room.receipt(A, "m.read", "$e1", 1)], rec("$e1", "m.read", A, 1)),
         ("same event again", [room.receipt(A, "m.read", "$e1", 2)], {}),
         ("moves forward", [room.receipt(A, "m.read", "$e2", 3)], rec("$e2", "m.read", A, 3)),
         ("older is ignored", [room.receipt(A, "m.read", "$e1", 4)], {}),
-        ("private only to owner", [room.receipt(B, "m.read.private", "$e2", 5)],
-         {"private": {B: {"type": "m.receipt",
-                          "content": {"$e2": {"m.read.private": {B: {"ts": 5}}}}}}}),
-        ("public slot independent of private", [room.receipt(B, "m.read", "$e1", 6)],
-         rec("$e1", "m.read", B, 6)),
-        ("fully_read is account data", [room.receipt(C, "m.fully_read", "$e2", 7)],
-         {"account_data": {C: {"type": "m.fully_read", "content": {"event_id": "$e2"}}}}),
+        (
+            "private only to owner",
+            [room.receipt(B, "m.read.private", "$e2", 5)],
+            {
+                "private": {
+                    B: {"type": "m.receipt", "content": {"$e2": {"m.read.private": {B: {"ts": 5}}}}}
+                }
+            },
+        ),
+        (
+            "public slot independent of private",
+            [room.receipt(B, "m.read", "$e1", 6)],
+            rec("$e1", "m.read", B, 6),
+        ),
+        (
+            "fully_read is account data",
+            [room.receipt(C, "m.fully_read", "$e2", 7)],
+            {"account_data": {C: {"type": "m.fully_read", "content": {"event_id": "$e2"}}}},
+        ),
         ("fully_read never moves back", [room.receipt(C, "m.fully_read", "$e1", 8)], {}),
-        ("threaded receipt", [room.receipt(C, "m.read", "$t1", 9, "$root")],
-         rec("$t1", "m.read", C, 9, "$root")),
-        ("main is its own slot", [room.receipt(C, "m.read", "$e3", 10, "main")],
-         rec("$e3", "m.read", C, 10, "main")),
-        ("unthreaded is its own slot", [room.receipt(C, "m.read", "$e2", 11)],
-         rec("$e2", "m.read", C, 11)),
-        ("annotation of a threaded event is in the thread",
-         [room.receipt(C, "m.read", "$ann", 12, "$root")], rec("$ann", "m.read", C, 12, "$root")),
+        (
+            "threaded receipt",
+            [room.receipt(C, "m.read", "$t1", 9, "$root")],
+            rec("$t1", "m.read", C, 9, "$root"),
+        ),
+        (
+            "main is its own slot",
+            [room.receipt(C, "m.read", "$e3", 10, "main")],
+            rec("$e3", "m.read", C, 10, "main"),
+        ),
+        (
+            "unthreaded is its own slot",
+            [room.receipt(C, "m.read", "$e2", 11)],
+            rec("$e2", "m.read", C, 11),
+        ),
+        (
+            "annotation of a threaded event is in the thread",
+            [room.receipt(C, "m.read", "$ann", 12, "$root")],
+            rec("$ann", "m.read", C, 12, "$root"),
+        ),
         ("left user rejected", [room.receipt(D, "m.read", "$e3", 13)], {}),
         ("thread mismatch rejected", [room.receipt(A, "m.read", "$t1", 14, "main")], {}),
-        ("thread_id with fully_read rejected",
-         [room.receipt(A, "m.fully_read", "$e3", 15, "main")], {}),
-        ("thread root is in main", [room.receipt(A, "m.read", "$root", 16, "main")],
-         rec("$root", "m.read", A, 16, "main")),
+        (
+            "thread_id with fully_read rejected",
+            [room.receipt(A, "m.fully_read", "$e3", 15, "main")],
+            {},
+        ),
+        (
+            "thread root is in main",
+            [room.receipt(A, "m.read", "$root", 16, "main")],
+            rec("$root", "m.read", A, 16, "main"),
+        ),
     ]
     async with TopicReader(kafka_bootstrap, s.topic_sync) as sync:
         start = 0
@@ -95,13 +137,16 @@ async def test_scripted_room_gives_exactly_the_expected_deltas(
                 assert "m.read.private" not in orjson.dumps(delta["receipt"]).decode()
             for owner, event in delta.get("private", {}).items():
                 validate_receipt_event(event)
-                users = {u for by_type in event["content"].values() for u in
-                         by_type.get("m.read.private", {})}
+                users = {
+                    u
+                    for by_type in event["content"].values()
+                    for u in by_type.get("m.read.private", {})
+                }
                 assert users == {owner}
 
     async with TopicReader(kafka_bootstrap, s.topic_dlq) as dlq:
-        await dlq.wait_for(lambda r: len(r) >= 3, what="3 DLQ records")
-        codes = sorted(v["error"]["code"] for v in dlq.values())
+        await dlq.wait_for(lambda r: len(r) >= 4, what="barrier + 3 DLQ records")
+        codes = sorted(v["error"]["code"] for v in without_barriers(dlq.values()))
     assert codes == ["invalid_thread", "not_joined", "thread_mismatch"]
 
 
@@ -123,10 +168,24 @@ async def test_bad_records_go_to_the_dlq_while_good_ones_fold(
         (s.topic_client, key, {**good_receipt, "thread_id": ""}, "invalid_thread"),
         (s.topic_client, key, {**good_receipt, "pad": "x" * 70_000}, "too_large"),
         (s.topic_client, b"!other:hs1", good_receipt, "key_mismatch"),
-        (s.topic_membership, key, {"room_id": room.room_id, "user_id": A,
-                                   "membership": "dancing", "stream_pos": 1}, "bad_shape"),
-        (s.topic_events, key, {"room_id": room.room_id, "event_id": "e-no-sigil",
-                               "sender": A, "stream_pos": 1, "origin_server_ts": 1}, "bad_id"),
+        (
+            s.topic_membership,
+            key,
+            {"room_id": room.room_id, "user_id": A, "membership": "dancing", "stream_pos": 1},
+            "bad_shape",
+        ),
+        (
+            s.topic_events,
+            key,
+            {
+                "room_id": room.room_id,
+                "event_id": "e-no-sigil",
+                "sender": A,
+                "stream_pos": 1,
+                "origin_server_ts": 1,
+            },
+            "bad_id",
+        ),
     ]
     # One user per good receipt: a delta keeps only the latest receipt of each slot.
     users = [f"@u{i}:hs1" for i in range(len(bad))]
@@ -162,27 +221,37 @@ async def test_receipt_waits_for_its_event_and_join_then_expires(
     s = worker.settings
     room = Room(s, "!held:hs1")
     late_joiner = "@late:hs1"
-    await produce(kafka_bootstrap, [
-        room.member(A),
-        room.receipt(A, "m.read", "$late", 1),  # its event comes after it
-        room.receipt(late_joiner, "m.read", "$e0", 2),  # its join comes after it
-        room.receipt(A, "m.read.private", "$never", 3),  # its event never comes
-    ])
+    await produce(
+        kafka_bootstrap,
+        [
+            room.member(A),
+            room.receipt(A, "m.read", "$late", 1),  # its event comes after it
+            room.receipt(late_joiner, "m.read", "$e0", 2),  # its join comes after it
+            room.receipt(A, "m.read.private", "$never", 3),  # its event never comes
+        ],
+    )
     async with TopicReader(kafka_bootstrap, s.topic_sync) as sync:
-        await produce(kafka_bootstrap, [room.event("$e0"), room.event("$late"),
-                                        room.member(late_joiner)])
-        await sync.wait_for(lambda r: len(r) >= 1 and _users(sync) >= {A, late_joiner},
-                            what="released receipts")
+        await produce(
+            kafka_bootstrap, [room.event("$e0"), room.event("$late"), room.member(late_joiner)]
+        )
+        await sync.wait_for(
+            lambda r: len(r) >= 1 and _users(sync) >= {A, late_joiner}, what="released receipts"
+        )
         assert _users(sync) == {A, late_joiner}
 
     async with TopicReader(kafka_bootstrap, s.topic_dlq) as dlq:
-        await dlq.wait_for(lambda r: len(r) >= 1, timeout=s.grace_period_s + 30,
-                           what="the expired receipt")
+        await dlq.wait_for(
+            lambda r: len(r) >= 1, timeout=s.grace_period_s + 30, what="the expired receipt"
+        )
         [expired] = dlq.values()
     assert expired["error"]["code"] == "unknown_event"
     assert orjson.loads(expired["value"])["event_id"] == "$never"
 
 
 def _users(sync: TopicReader) -> set[str]:
-    return {u for v in sync.values() for by_type in v.get("receipt", {}).get("content", {})
-            .values() for u in by_type.get("m.read", {})}
+    return {
+        u
+        for v in sync.values()
+        for by_type in v.get("receipt", {}).get("content", {}).values()
+        for u in by_type.get("m.read", {})
+    }

@@ -25,10 +25,17 @@ def test_committed_schemas_match_the_models() -> None:
 
 def test_write_schemas_writes_every_topic(tmp_path: Path) -> None:
     names = {p.name for p in write_schemas(tmp_path)}
-    assert {"receipts.client.v1.json", "receipts.sync.v1.json", "receipts.dlq.v1.json",
-            "receipts.federation.v1.json", "federation.edus.v1.json",
-            "rooms.membership.v1.json", "rooms.events.v1.json",
-            "receipts-changelog.key.json", "receipts-changelog.value.json"} <= names
+    assert {
+        "receipts.client.v1.json",
+        "receipts.sync.v1.json",
+        "receipts.dlq.v1.json",
+        "receipts.federation.v1.json",
+        "federation.edus.v1.json",
+        "rooms.membership.v1.json",
+        "rooms.events.v1.json",
+        "receipts-changelog.key.json",
+        "receipts-changelog.value.json",
+    } <= names
 
 
 def _validator(name: str) -> Draft202012Validator:
@@ -38,18 +45,42 @@ def _validator(name: str) -> Draft202012Validator:
 def test_schemas_accept_what_the_core_emits() -> None:
     key = ReceiptKey("!r:hs1", "@a:hs1", "m.read", "main")
     value = Receipt("$e", 3, 17, {"ts": 17, "thread_id": "main"})
-    delta = build_delta("!r:hs1", 4, 18, [
-        (key, value),
-        (ReceiptKey("!r:hs1", "@b:hs1", "m.read.private", None), Receipt("$e", 3, 1, {"ts": 1})),
-        (ReceiptKey("!r:hs1", "@b:hs1", "m.fully_read", None), Receipt("$e", 3, 1, {"ts": 1})),
-    ])
+    delta = build_delta(
+        "!r:hs1",
+        4,
+        18,
+        [
+            (key, value),
+            (
+                ReceiptKey("!r:hs1", "@b:hs1", "m.read.private", None),
+                Receipt("$e", 3, 1, {"ts": 1}),
+            ),
+            (ReceiptKey("!r:hs1", "@b:hs1", "m.fully_read", None), Receipt("$e", 3, 1, {"ts": 1})),
+        ],
+    )
     assert delta is not None
     _validator("receipts.sync.v1.json").validate(delta)
     _validator("receipts-changelog.key.json").validate(orjson.loads(key.encode()))
     _validator("receipts-changelog.value.json").validate(orjson.loads(value.encode()))
     _validator("receipts.client.v1.json").validate(
-        {"room_id": "!r:hs1", "user_id": "@a:hs1", "receipt_type": "m.read",
-         "event_id": "$e", "ts": 1})
+        {
+            "room_id": "!r:hs1",
+            "user_id": "@a:hs1",
+            "receipt_type": "m.read",
+            "event_id": "$e",
+            "ts": 1,
+        }
+    )
+
+
+def test_internal_federation_records_match_their_schemas() -> None:
+    from receipt_streams.core.federation import RemoteReceipt, outbox_record
+
+    remote = RemoteReceipt("hs2", "!r:hs1", "@u:hs2", "$e", {"ts": 1, "x": 2})
+    _validator("internal.federation-in.json").validate(orjson.loads(remote.encode()))
+    key = ReceiptKey("!r:hs1", "@a:hs1", "m.read", None)
+    record = outbox_record(key, Receipt("$e", 1, 1, {"ts": 1}), {"hs2", "hs3"})
+    _validator("internal.federation-out.json").validate(orjson.loads(record))
 
 
 def test_schemas_refuse_a_malformed_delta() -> None:

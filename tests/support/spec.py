@@ -22,7 +22,8 @@ def _registry(base: Path) -> Registry:
     """Every YAML file under `base`, addressable by its path relative to the citing file."""
     return Registry().with_resources(
         (path.as_uri(), Resource.from_contents(_load(path), default_specification=DRAFT202012))
-        for path in base.rglob("*.yaml"))
+        for path in base.rglob("*.yaml")
+    )
 
 
 @cache

@@ -34,14 +34,24 @@ def free_port() -> int:
 def worker_settings(bootstrap: str, tmp: Path, **overrides: Any) -> Settings:
     """Settings with topic names and app id of their own, so tests never share data."""
     tag = uuid.uuid4().hex[:8]
-    names = {f"topic_{k}": f"t{tag}.{k}" for k in
-             ("client", "federation", "membership", "events", "sync", "edus", "dlq", "ticks")}
+    names = {
+        f"topic_{k}": f"t{tag}.{k}"
+        for k in ("client", "federation", "membership", "events", "sync", "edus", "dlq", "ticks")
+    }
     base: dict[str, Any] = {
-        "bootstrap_servers": bootstrap, "app_id": f"rs-{tag}", "partitions": 2,
-        "data_dir": tmp / f"worker-{tag}", "web_port": free_port(), "grace_period_s": 3.0,
-        "tick_interval_s": 0.5, "commit_interval_s": 0.5, "session_timeout_s": 6.0,
+        "bootstrap_servers": bootstrap,
+        "app_id": f"rs-{tag}",
+        "partitions": 2,
+        "data_dir": tmp / f"worker-{tag}",
+        "web_port": free_port(),
+        "grace_period_s": 3.0,
+        "tick_interval_s": 0.5,
+        "commit_interval_s": 0.5,
+        "session_timeout_s": 6.0,
         "batch_window_ms": 50,
-        "log_json": False, "server_name": "hs1", **names,
+        "log_json": False,
+        "server_name": "hs1",
+        **names,
     }
     base.update(overrides)
     return Settings(**base)
@@ -51,8 +61,9 @@ def settings_env(s: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIPT_STREAMS_")}
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
     for name, value in s.model_dump().items():
-        env[f"RECEIPT_STREAMS_{name.upper()}"] = str(value).lower() if isinstance(value, bool) \
-            else str(value)
+        env[f"RECEIPT_STREAMS_{name.upper()}"] = (
+            str(value).lower() if isinstance(value, bool) else str(value)
+        )
     return env
 
 
@@ -70,8 +81,11 @@ class WorkerProcess:
         log.flush()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "receipt_streams.entrypoints.cli", "worker"],
-            env=settings_env(self.settings), stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            env=settings_env(self.settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         return self
 
@@ -116,8 +130,13 @@ def dumps(value: Any) -> bytes:
 
 async def produce(bootstrap: str, records: Iterable[tuple[str, bytes | None, Any]]) -> None:
     """Send (topic, key, value) in order and wait for every ack."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
-                                enable_idempotence=True, max_request_size=4_000_000)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=5,
+        enable_idempotence=True,
+        max_request_size=4_000_000,
+    )
     await producer.start()
     try:
         futures = [await producer.send(t, dumps(v), key=k) for t, k, v in records]
@@ -135,8 +154,9 @@ class TopicReader:
         self._consumer: AIOKafkaConsumer | None = None
 
     async def __aenter__(self) -> TopicReader:
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap,
-                                          enable_auto_commit=False)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False
+        )
         await self._consumer.start()
         partitions = None
         for _ in range(100):
@@ -162,13 +182,15 @@ class TopicReader:
         self.records.extend(new)
         return new
 
-    async def wait_for(self, predicate: Callable[[list[Any]], bool], timeout: float = 30,
-                       what: str = "records") -> list[Any]:
+    async def wait_for(
+        self, predicate: Callable[[list[Any]], bool], timeout: float = 30, what: str = "records"
+    ) -> list[Any]:
         deadline = time.monotonic() + timeout
         while not predicate(self.records):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out waiting for {what} on {self.topic}; "
-                                   f"have {len(self.records)}")
+                raise TimeoutError(
+                    f"timed out waiting for {what} on {self.topic}; have {len(self.records)}"
+                )
             await self.poll()
         return self.records
 

@@ -22,22 +22,25 @@ class Workload:
     positions: dict[tuple[str, str], int] = field(default_factory=dict)  # (room, event) -> pos
 
 
-def build_workload(settings: Any, seed: int, rooms: int, users: int, events: int,
-                   receipts: int) -> Workload:
+def build_workload(
+    settings: Any, seed: int, rooms: int, users: int, events: int, receipts: int
+) -> Workload:
     rnd = random.Random(seed)
     w = Workload([Room(settings, f"!crash{r}:hs1") for r in range(rooms)])
     plan: dict[str, dict[str, list[str]]] = {}
     for room in w.rooms:
         w.setup += [room.member(f"@u{u}:hs1") for u in range(users)]
-        w.setup.append(room.member("@sentinel:hs1"))
+        w.setup += [room.member(f"@remote:hs{n}") for n in (2, 3)]  # federation destinations
+        w.setup.append(room.member("@sentinel:hs1"))  # last: its receipt is the barrier
         kinds: dict[str, list[str]] = {"unthreaded": [], "main": [], "$root": []}
         w.setup.append(room.event("$root"))
         kinds["unthreaded"].append("$root")
         for i in range(events):
             kind = rnd.choice(["unthreaded", "main", "$root"])
             event_id = f"$ev{i}"
-            w.setup.append(room.event(event_id, relates_to=("m.thread", "$root")
-                                      if kind == "$root" else None))
+            w.setup.append(
+                room.event(event_id, relates_to=("m.thread", "$root") if kind == "$root" else None)
+            )
             kinds[kind].append(event_id)
         plan[room.room_id] = kinds
         for _, _, value in w.setup:
@@ -47,8 +50,9 @@ def build_workload(settings: Any, seed: int, rooms: int, users: int, events: int
         room = rnd.choice(w.rooms)
         user = f"@u{rnd.randrange(users)}:hs1"
         rtype = rnd.choices(["m.read", "m.read.private", "m.fully_read"], [80, 15, 5])[0]
-        kind = "unthreaded" if rtype == "m.fully_read" else rnd.choice(["unthreaded", "main",
-                                                                          "$root"])
+        kind = (
+            "unthreaded" if rtype == "m.fully_read" else rnd.choice(["unthreaded", "main", "$root"])
+        )
         # Readers mostly move forward: aim near the stream's progress, sometimes behind it.
         choices = plan[room.room_id][kind]
         target = int(n / receipts * len(choices)) + rnd.randint(-3, 1)
@@ -67,8 +71,10 @@ def reference_table(w: Workload) -> dict[tuple, dict[str, Any]]:
         pos = w.positions[(r["room_id"], r["event_id"])]
         current = table.get(key)
         if current is None or pos > current["stream_pos"]:
-            data = {"ts": r["ts"]} if "thread_id" not in r else {"ts": r["ts"],
-                                                                 "thread_id": r["thread_id"]}
-            table[key] = {"event_id": r["event_id"], "stream_pos": pos, "ts": r["ts"],
-                          "data": data}
+            data = (
+                {"ts": r["ts"]}
+                if "thread_id" not in r
+                else {"ts": r["ts"], "thread_id": r["thread_id"]}
+            )
+            table[key] = {"event_id": r["event_id"], "stream_pos": pos, "ts": r["ts"], "data": data}
     return table

@@ -1,0 +1,262 @@
+"""Federation rules for `m.receipt` EDUs (CONTRACT §4.6-7, server-server spec).
+
+Inbound: an EDU is split into one candidate per (room, receipt type, user) entry; each entry is
+checked on its own so a bad one never sinks the rest. What needs no room state is checked
+here; "does the origin have a joined member in the room" is checked on the room's partition.
+
+Outbound: local users' `m.read` changes wait per destination, coalesced by
+(room, type, user, thread), and leave as EDUs whose content holds one receipt per
+(room, user): the same user in two threads needs two EDUs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from receipt_streams.core import ids
+from receipt_streams.core.parsing import Rejection
+from receipt_streams.core.reasons import Reason
+from receipt_streams.core.receipts import Receipt, ReceiptKey
+
+FEDERATED_TYPE = "m.read"
+MAX_INT64 = 2**63 - 1  # the spec's `ts` is an int64
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteReceipt:
+    """One accepted entry of an inbound EDU, routed to its room's partition."""
+
+    origin: str
+    room_id: str
+    user_id: str
+    event_id: str
+    data: Mapping[str, Any]
+
+    @property
+    def key(self) -> ReceiptKey:
+        thread = self.data.get("thread_id")
+        return ReceiptKey(self.room_id, self.user_id, FEDERATED_TYPE, thread)
+
+    def receipt(self, stream_pos: int | None) -> Receipt:
+        return Receipt(self.event_id, stream_pos, self.data["ts"], self.data)
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "origin": self.origin,
+                "room_id": self.room_id,
+                "user_id": self.user_id,
+                "event_id": self.event_id,
+                "data": self.data,
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> RemoteReceipt:
+        d = orjson.loads(raw)
+        return cls(d["origin"], d["room_id"], d["user_id"], d["event_id"], d["data"])
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRejection:
+    where: str  # "room / type / user", for the DLQ message
+    rejection: Rejection
+
+
+def _entry(origin: str, room_id: str, user_id: str, entry: Any) -> RemoteReceipt | Rejection:
+    try:
+        ids.validate_user_id(user_id)
+    except ids.InvalidId as exc:
+        return Rejection(Reason.BAD_ID, str(exc))
+    if ids.server_of(user_id) != origin:
+        return Rejection(Reason.ORIGIN_MISMATCH, f"{user_id} is not on origin {origin}")
+    if not isinstance(entry, dict):
+        return Rejection(Reason.BAD_SHAPE, "receipt entry is not an object")
+    event_ids, data = entry.get("event_ids"), entry.get("data")
+    if not isinstance(event_ids, list) or len(event_ids) != 1:
+        return Rejection(Reason.BAD_SHAPE, "event_ids must be a list of exactly one event ID")
+    if (
+        not isinstance(data, dict)
+        or type(data.get("ts")) is not int
+        or not 0 <= data["ts"] <= MAX_INT64
+    ):
+        return Rejection(Reason.BAD_SHAPE, "data.ts must be a non-negative int64")
+    try:
+        event_id = ids.validate_event_id(event_ids[0])
+    except ids.InvalidId as exc:
+        return Rejection(Reason.BAD_ID, str(exc))
+    data = dict(data)  # the remote ts and extras as sent ...
+    thread = data.get("thread_id")
+    if not isinstance(thread, str) or not thread:
+        data.pop("thread_id", None)  # ... but a non-string thread_id means unthreaded
+    try:
+        orjson.dumps(data)  # e.g. an int over 64 bits: it could not reach the room's partition
+    except orjson.JSONEncodeError as exc:
+        return Rejection(Reason.BAD_SHAPE, f"data cannot be kept as JSON: {exc}")
+    return RemoteReceipt(origin, room_id, user_id, event_id, data)
+
+
+def split_edu(
+    origin: str, content: Mapping[str, Any]
+) -> tuple[list[RemoteReceipt], list[EntryRejection]]:
+    """Every entry of an EDU's content: the acceptable ones and why the others are not."""
+    accepted: list[RemoteReceipt] = []
+    rejected: list[EntryRejection] = []
+    for room_id, by_type in content.items():
+        try:
+            ids.validate_room_id(room_id)
+        except ids.InvalidId as exc:
+            rejected.append(EntryRejection(room_id, Rejection(Reason.BAD_ID, str(exc))))
+            continue
+        if not isinstance(by_type, dict):
+            rejected.append(
+                EntryRejection(room_id, Rejection(Reason.BAD_SHAPE, "room entry is not an object"))
+            )
+            continue
+        for receipt_type, by_user in by_type.items():
+            where = f"{room_id} / {receipt_type}"
+            if receipt_type != FEDERATED_TYPE:
+                rejected.append(
+                    EntryRejection(
+                        where,
+                        Rejection(Reason.BAD_RECEIPT_TYPE, f"{receipt_type!r} is not federated"),
+                    )
+                )
+                continue
+            if not isinstance(by_user, dict):
+                rejected.append(
+                    EntryRejection(
+                        where, Rejection(Reason.BAD_SHAPE, "users entry is not an object")
+                    )
+                )
+                continue
+            for user_id, entry in by_user.items():
+                out = _entry(origin, room_id, user_id, entry)
+                if isinstance(out, Rejection):
+                    rejected.append(EntryRejection(f"{where} / {user_id}", out))
+                else:
+                    accepted.append(out)
+    return accepted, rejected
+
+
+# --- outbound --------------------------------------------------------------------------
+
+
+def outbox_record(key: ReceiptKey, value: Receipt, destinations: Iterable[str]) -> bytes:
+    """A local m.read change and where it must go (computed from the room's servers then)."""
+    return orjson.dumps(
+        {
+            "room_id": key.room_id,
+            "user_id": key.user_id,
+            "thread_id": key.thread_id,
+            "event_id": value.event_id,
+            "data": value.data,
+            "destinations": sorted(destinations),
+        }
+    )
+
+
+Slot = tuple[str, str, str | None]  # (room, user, thread); the type is always m.read
+
+
+@dataclass
+class OutboundQueue:
+    """Pending receipts per destination, coalesced, with per-room pacing for big rooms.
+
+    A room with at least `large_room_servers` destinations is flushed at most once per
+    `large_room_interval_ms`, so one busy room cannot wake every server at its own pace;
+    smaller rooms go out at the next flush. `origin` is this server's name.
+    """
+
+    origin: str
+    large_room_servers: int = 10
+    large_room_interval_ms: int = 200
+    pending: dict[str, dict[Slot, tuple[str, Mapping[str, Any], Any]]] = field(default_factory=dict)
+    _room_size: dict[str, int] = field(default_factory=dict)
+    _room_flushed: dict[str, int] = field(default_factory=dict)
+
+    def add(self, record: Mapping[str, Any], source: Any = None) -> None:
+        """Queue one outbox record; `source` (e.g. an offset) is kept to know what is done."""
+        slot = (record["room_id"], record["user_id"], record["thread_id"])
+        self._room_size[record["room_id"]] = len(record["destinations"])
+        for destination in record["destinations"]:
+            if destination == self.origin:
+                continue
+            self.pending.setdefault(destination, {})[slot] = (
+                record["event_id"],
+                record["data"],
+                source,
+            )
+
+    def _due(self, room_id: str, now_ms: int) -> bool:
+        if self._room_size.get(room_id, 0) < self.large_room_servers:
+            return True
+        return now_ms - self._room_flushed.get(room_id, -(10**15)) >= self.large_room_interval_ms
+
+    def flush(self, now_ms: int) -> list[dict[str, Any]]:
+        """The EDUs due now, one dict per EDU in the `federation.edus.v1` shape."""
+        due_rooms = {
+            slot[0]
+            for slots in self.pending.values()
+            for slot in slots
+            if self._due(slot[0], now_ms)
+        }
+        edus: list[dict[str, Any]] = []
+        for destination in sorted(self.pending):
+            slots = self.pending[destination]
+            ready = {s: v for s, v in slots.items() if s[0] in due_rooms}
+            for s in ready:
+                del slots[s]
+            edus += [
+                {
+                    "destination": destination,
+                    "origin": self.origin,
+                    "edu_type": "m.receipt",
+                    "content": content,
+                }
+                for content in edu_contents(ready)
+            ]
+            if not slots:
+                del self.pending[destination]
+        for room_id in due_rooms:
+            self._room_flushed[room_id] = now_ms
+        self._forget_idle_rooms(now_ms)
+        return edus
+
+    def _forget_idle_rooms(self, now_ms: int) -> None:
+        """Keep pacing state only for rooms that are pending or still inside their interval,
+        so the relay's memory follows the active rooms, not every room ever seen."""
+        pending = {slot[0] for slots in self.pending.values() for slot in slots}
+        for room_id in list(self._room_size):
+            recent = (
+                now_ms - self._room_flushed.get(room_id, -(10**15)) < self.large_room_interval_ms
+            )
+            if room_id not in pending and not recent:
+                self._room_size.pop(room_id, None)
+                self._room_flushed.pop(room_id, None)
+
+    def pending_sources(self) -> list[Any]:
+        return [v[2] for slots in self.pending.values() for v in slots.values()]
+
+
+def edu_contents(entries: Mapping[Slot, tuple[str, Mapping[str, Any], Any]]) -> list[dict]:
+    """EDU contents for one destination: one receipt per (room, user) in each EDU, so a user
+    with receipts in k threads of a room spreads over k EDUs."""
+    contents: list[dict] = []
+    depth: dict[tuple[str, str], int] = {}
+    for (room_id, user_id, _thread), (event_id, data, _src) in sorted(
+        entries.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "")
+    ):
+        n = depth.get((room_id, user_id), 0)
+        depth[(room_id, user_id)] = n + 1
+        if n == len(contents):
+            contents.append({})
+        contents[n].setdefault(room_id, {"m.read": {}})["m.read"][user_id] = {
+            "event_ids": [event_id],
+            "data": dict(data),
+        }
+    return contents
