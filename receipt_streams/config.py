@@ -59,9 +59,30 @@ class Settings(BaseSettings):
         description="Faust table store: rocksdb:// in production, memory:// for tests.",
     )
     data_dir: Path = Field(Path(".local/worker"), description="Local table state (RocksDB).")
-    web_host: str = "127.0.0.1"
-    web_port: int = Field(6066, ge=0, le=65535)
+    web_host: str = Field("127.0.0.1", description="Address of the HTTP API.")
+    web_port: int = Field(
+        6066,
+        ge=0,
+        le=65535,
+        description="Port of the HTTP API (client endpoints, /healthz, /readyz, /metrics).",
+    )
 
+    tokens_file: Path | None = Field(
+        None,
+        description="Static access tokens (JSON object "
+        "token -> user ID), for development and tests.",
+    )
+    homeserver_url: str | None = Field(
+        None,
+        description="Verify access tokens with this "
+        "homeserver's /account/whoami (when no tokens file).",
+    )
+    whoami_cache_s: float = Field(60.0, ge=0, description="How long a whoami answer is kept.")
+    rate_limit_per_s: float = Field(
+        50.0, ge=0, description="Receipts per second per user over HTTP (0: no limit)."
+    )
+    rate_limit_burst: float = Field(100.0, ge=1, description="Requests a user may burst.")
+    sync_timeout_max_ms: int = Field(30_000, ge=0, description="Longest /sync long-poll.")
     batch_window_ms: int = Field(50, ge=0, description="Sync delta batching window.")
     edu_window_ms: int = Field(50, ge=0, description="Federation EDU batching window.")
     large_room_servers: int = Field(

@@ -14,10 +14,13 @@ import time
 from typing import Any
 
 import faust
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from aiohttp import web
 
 from receipt_streams.adapters import metrics
+from receipt_streams.adapters.auth import NoTokens, StaticTokens, TokenVerifier, WhoamiVerifier
+from receipt_streams.adapters.http_api import Api
 from receipt_streams.adapters.relay import DeltaRelay, EduRelay
+from receipt_streams.adapters.sync_feed import SyncFeed
 from receipt_streams.config import Settings
 from receipt_streams.core.dlq import Source
 from receipt_streams.core.parsing import Rejection
@@ -44,6 +47,18 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def make_verifier(s: Settings) -> TokenVerifier:
+    if s.tokens_file is not None:
+        return StaticTokens(s.tokens_file)
+    if s.homeserver_url:
+        return WhoamiVerifier(s.homeserver_url, s.whoami_cache_s)
+    log.warning(
+        "no RECEIPT_STREAMS_TOKENS_FILE or RECEIPT_STREAMS_HOMESERVER_URL: "
+        "every client request will be refused as M_UNKNOWN_TOKEN"
+    )
+    return NoTokens()
+
+
 def create_app(s: Settings) -> faust.App:
     app = faust.App(
         s.app_id,
@@ -59,8 +74,7 @@ def create_app(s: Settings) -> faust.App:
         broker_heartbeat_interval=s.session_timeout_s / 4,
         producer_acks=-1,
         producer_linger=s.producer_linger_ms / 1000,
-        web_host=s.web_host,
-        web_port=s.web_port,
+        web_enabled=False,  # the HTTP API is our own aiohttp app (adapters/http_api.py)
         **RAW,
     )
     n = s.partitions
@@ -160,13 +174,19 @@ def create_app(s: Settings) -> faust.App:
     async def run_relays() -> None:
         await asyncio.gather(*(relay.run_forever() for relay in relays))
 
-    @app.page("/metrics")
-    async def metrics_page(web: Any, request: Any) -> Any:
-        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+    feed = SyncFeed(s)
+    api = Api(s, feed, make_verifier(s), ready=app.tables.recovery.completed.is_set)
 
-    @app.page("/healthz")
-    async def healthz(web: Any, request: Any) -> Any:
-        return web.json({"status": "ok"})
+    @app.task
+    async def serve_api() -> None:
+        runner = web.AppRunner(api.app(), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, s.web_host, s.web_port).start()
+        log.info("HTTP API listening", extra={"host": s.web_host, "port": s.web_port})
+        try:
+            await feed.run_forever()
+        finally:
+            await runner.cleanup()
 
     app.receipt_tables = tables  # type: ignore[attr-defined]
     return app

@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from receipt_streams.adapters import metrics
+from receipt_streams.adapters.supervise import supervise
 from receipt_streams.config import Settings
 from receipt_streams.core.deltas import plan_deltas
 from receipt_streams.core.federation import OutboundQueue
@@ -57,15 +58,7 @@ class Relay(ABC):
         return 500
 
     async def run_forever(self) -> None:
-        """Run, restarting after broker errors; returns only when cancelled."""
-        while True:
-            try:
-                await self.run()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("%s failed; restarting in 1 s", self.name)
-                await asyncio.sleep(1)
+        await supervise(self.name, self.run)
 
     async def run(self) -> None:
         s = self.s

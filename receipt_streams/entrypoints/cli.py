@@ -31,6 +31,17 @@ def _cmd_schemas(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo_seed(args: argparse.Namespace) -> int:
+    from receipt_streams.entrypoints.demo import ROOM, seed
+
+    count = asyncio.run(seed(Settings()))
+    print(
+        f"seeded {count} records: room {ROOM}, @alice:localhost and @bob:localhost joined, "
+        "events $demo1..$demo5"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="receipt-streams",
@@ -44,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("topics", help="create the topics the worker needs").set_defaults(
         func=_cmd_topics
     )
+    sub.add_parser(
+        "demo-seed",
+        help="write a demo room's membership and events to the input "
+        "topics (what a homeserver would)",
+    ).set_defaults(func=_cmd_demo_seed)
     schemas = sub.add_parser("schemas", help="write the topics' JSON Schemas")
     schemas.add_argument("--out", default="schemas", help="folder (default: schemas)")
     schemas.set_defaults(func=_cmd_schemas)

@@ -47,3 +47,15 @@ def receipt_event_errors(event: dict[str, Any]) -> list[str]:
     """Every reason the spec's `m.receipt` schema refuses `event` (empty when it is valid)."""
     validator = _validator("event-schemas/schema/m.receipt.yaml")
     return [e.message for e in validator.iter_errors(event)]
+
+
+@cache
+def _sync_validator() -> Draft202012Validator:
+    path = SPEC / "api/client-server/sync.yaml"
+    pointer = "#/paths/~1sync/get/responses/200/content/application~1json/schema"
+    return Draft202012Validator({"$ref": path.as_uri() + pointer}, registry=_registry(SPEC))
+
+
+def validate_sync_response(response: dict[str, Any]) -> None:
+    """A whole `/sync` 200 response, against the schema inside the spec's sync.yaml."""
+    _sync_validator().validate(response)

@@ -12,6 +12,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -21,8 +23,6 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from receipt_streams.config import Settings
-
-READY_LINE = "Worker ready"
 
 
 def free_port() -> int:
@@ -61,6 +61,8 @@ def settings_env(s: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIPT_STREAMS_")}
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
     for name, value in s.model_dump().items():
+        if value is None:
+            continue  # unset: the child uses the default
         env[f"RECEIPT_STREAMS_{name.upper()}"] = (
             str(value).lower() if isinstance(value, bool) else str(value)
         )
@@ -90,12 +92,17 @@ class WorkerProcess:
         return self
 
     def wait_ready(self, timeout: float = 90) -> float:
-        """Seconds until this start logged readiness (tables recovered, partitions assigned)."""
+        """Seconds until this start answers GET /readyz with 200 (partitions assigned, tables
+        recovered, sync feed caught up)."""
         t0 = time.monotonic()
+        url = f"http://127.0.0.1:{self.settings.web_port}/readyz"
         while time.monotonic() - t0 < timeout:
-            text = self.log_path.read_text(errors="replace")
-            if text.split(f"===== start #{self.starts} =====")[-1].count(READY_LINE):
-                return time.monotonic() - t0
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    if resp.status == 200:
+                        return time.monotonic() - t0
+            except (OSError, urllib.error.HTTPError):
+                pass
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
             time.sleep(0.1)

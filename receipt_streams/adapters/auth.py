@@ -1,0 +1,80 @@
+"""Access-token verifiers: who is calling. Pluggable; results cached briefly."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Protocol
+
+import aiohttp
+import orjson
+
+log = logging.getLogger(__name__)
+
+
+class VerifierUnavailable(RuntimeError):
+    """The homeserver could not be asked (network error or 5xx)."""
+
+
+class TokenVerifier(Protocol):
+    async def user_for(self, token: str) -> str | None:
+        """The user the token belongs to, or None for an unknown token."""
+
+
+class StaticTokens:
+    """A JSON file `{"<token>": "@user:server", ...}`, for development and tests."""
+
+    def __init__(self, path: Path) -> None:
+        tokens = orjson.loads(path.read_bytes())
+        if not isinstance(tokens, dict):
+            raise ValueError(f"{path}: expected a JSON object of token -> user ID")
+        self.tokens: dict[str, str] = tokens
+
+    async def user_for(self, token: str) -> str | None:
+        return self.tokens.get(token)
+
+
+class WhoamiVerifier:
+    """The homeserver's `GET /_matrix/client/v3/account/whoami`, cached for `ttl_s`."""
+
+    def __init__(self, homeserver_url: str, ttl_s: float) -> None:
+        self.url = homeserver_url.rstrip("/") + "/_matrix/client/v3/account/whoami"
+        self.ttl_s = ttl_s
+        self.cache: dict[str, tuple[str | None, float]] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def user_for(self, token: str) -> str | None:
+        hit = self.cache.get(token)
+        now = time.monotonic()
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        try:
+            async with self._session.get(
+                self.url, headers={"Authorization": f"Bearer {token}"}
+            ) as resp:
+                if resp.status == 200:
+                    user = (await resp.json()).get("user_id")
+                elif resp.status in (401, 403):
+                    user = None
+                else:
+                    raise VerifierUnavailable(f"whoami answered {resp.status}")
+        except (aiohttp.ClientError, TimeoutError) as exc:  # the total timeout: a TimeoutError
+            raise VerifierUnavailable(f"whoami failed: {exc!r}") from exc
+        if len(self.cache) > 100_000:
+            self.cache.clear()
+        self.cache[token] = (user, now + self.ttl_s)
+        return user
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class NoTokens:
+    """No verifier configured: every token is unknown (a warning says so at start)."""
+
+    async def user_for(self, token: str) -> str | None:
+        return None
