@@ -67,6 +67,11 @@ class Settings(BaseSettings):
         description="Port of the HTTP API (client endpoints, /healthz, /readyz, /metrics).",
     )
 
+    serve_api: bool = Field(
+        True,
+        description="Serve the client API and /sync view in the "
+        "worker; false when `receipt-streams api` processes serve them.",
+    )
     tokens_file: Path | None = Field(
         None,
         description="Static access tokens (JSON object "

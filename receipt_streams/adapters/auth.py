@@ -10,6 +10,8 @@ from typing import Protocol
 import aiohttp
 import orjson
 
+from receipt_streams.config import Settings
+
 log = logging.getLogger(__name__)
 
 
@@ -78,3 +80,16 @@ class NoTokens:
 
     async def user_for(self, token: str) -> str | None:
         return None
+
+
+def verifier_for(settings: Settings) -> TokenVerifier:
+    """The verifier the configuration asks for: a tokens file, else whoami, else none."""
+    if settings.tokens_file is not None:
+        return StaticTokens(settings.tokens_file)
+    if settings.homeserver_url:
+        return WhoamiVerifier(settings.homeserver_url, settings.whoami_cache_s)
+    log.warning(
+        "no RECEIPT_STREAMS_TOKENS_FILE or RECEIPT_STREAMS_HOMESERVER_URL: "
+        "every client request will be refused as M_UNKNOWN_TOKEN"
+    )
+    return NoTokens()

@@ -14,11 +14,10 @@ import time
 from typing import Any
 
 import faust
-from aiohttp import web
 
 from receipt_streams.adapters import metrics
-from receipt_streams.adapters.auth import NoTokens, StaticTokens, TokenVerifier, WhoamiVerifier
-from receipt_streams.adapters.http_api import Api
+from receipt_streams.adapters.auth import verifier_for
+from receipt_streams.adapters.http_api import Api, serving
 from receipt_streams.adapters.relay import DeltaRelay, EduRelay
 from receipt_streams.adapters.sync_feed import SyncFeed
 from receipt_streams.config import Settings
@@ -31,7 +30,7 @@ from receipt_streams.core.processor import (
     Emit,
     Folded,
     Held,
-    HeldWrite,
+    HeldRemoval,
     Limits,
     Processor,
     SendDlq,
@@ -45,18 +44,6 @@ RAW = {"key_serializer": "raw", "value_serializer": "raw"}
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def make_verifier(s: Settings) -> TokenVerifier:
-    if s.tokens_file is not None:
-        return StaticTokens(s.tokens_file)
-    if s.homeserver_url:
-        return WhoamiVerifier(s.homeserver_url, s.whoami_cache_s)
-    log.warning(
-        "no RECEIPT_STREAMS_TOKENS_FILE or RECEIPT_STREAMS_HOMESERVER_URL: "
-        "every client request will be refused as M_UNKNOWN_TOKEN"
-    )
-    return NoTokens()
 
 
 def create_app(s: Settings) -> faust.App:
@@ -108,26 +95,34 @@ def create_app(s: Settings) -> faust.App:
         s.topic_federation_in: processor.remote_receipt,
     }
 
+    # Held records to forget, per partition: applied at that partition's next tick, after
+    # one producer flush makes durable everything they became (table writes, DLQ records).
+    # Faust flushes before every commit too, so one flush per tick replaces one per release.
+    forget: dict[int, list[HeldRemoval]] = {}
+
     async def carry_out(effects: list[Effect], source: str) -> None:
-        after_flush: list[HeldWrite] = []
         for effect in effects:
             if isinstance(effect, SendDlq):
                 metrics.REJECTED.labels(str(effect.reason)).inc()
-                await dlq.send(key=effect.topic.encode(), value=effect.record)
+                # force: send now, not as an "attachment" published one by one at the next
+                # commit; faust flushes the producer before committing, so nothing is lost.
+                await dlq.send(key=effect.topic.encode(), value=effect.record, force=True)
             elif isinstance(effect, Emit):
-                await streams[effect.stream].send(key=effect.key, value=effect.value)
+                await streams[effect.stream].send(key=effect.key, value=effect.value, force=True)
             elif isinstance(effect, Folded):
                 metrics.RECEIPTS.labels(source, effect.outcome.value).inc()
             elif isinstance(effect, Held):
                 metrics.HELD.labels(effect.waiting_for).inc()
-            elif isinstance(effect, HeldWrite):
-                after_flush.append(effect)
-        if after_flush:
-            # What a held receipt became (a table write, a DLQ record) must be durable
-            # before the held entry is forgotten.
+            elif isinstance(effect, HeldRemoval):
+                forget.setdefault(effect.partition, []).append(effect)
+
+    async def forget_released(partition: int) -> None:
+        """Runs while a tick of `partition` is processed, so the writes land there."""
+        removals = forget.pop(partition, [])
+        if removals:
             await app.producer.flush()
-            for write in after_flush:
-                processor.held.set(write.key, write.entries)
+            for removal in removals:
+                processor.held.remove(removal.key, removal.records)
 
     def guarded(handler: Any, msg: Any) -> list[Effect]:
         """Run one record through the core; a bug must not stop the stream: park it."""
@@ -152,6 +147,8 @@ def create_app(s: Settings) -> faust.App:
     async def fold(stream: Any) -> None:
         async for event in stream.events():
             msg = event.message
+            if msg.topic == s.topic_ticks:
+                await forget_released(msg.partition)
             source = "federation" if msg.topic == s.topic_federation_in else "client"
             await carry_out(guarded(handlers[msg.topic], msg), source)
 
@@ -175,18 +172,18 @@ def create_app(s: Settings) -> faust.App:
         await asyncio.gather(*(relay.run_forever() for relay in relays))
 
     feed = SyncFeed(s)
-    api = Api(s, feed, make_verifier(s), ready=app.tables.recovery.completed.is_set)
+    api = Api(
+        s, feed, verifier_for(s), ready=app.tables.recovery.completed.is_set, client=s.serve_api
+    )
 
     @app.task
     async def serve_api() -> None:
-        runner = web.AppRunner(api.app(), access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, s.web_host, s.web_port).start()
-        log.info("HTTP API listening", extra={"host": s.web_host, "port": s.web_port})
-        try:
-            await feed.run_forever()
-        finally:
-            await runner.cleanup()
+        """The HTTP API (or, with serve_api off, only health, readiness and metrics)."""
+        async with serving(api, s):
+            if s.serve_api:
+                await feed.run_forever()
+            else:
+                await asyncio.Event().wait()
 
     app.receipt_tables = tables  # type: ignore[attr-defined]
     return app

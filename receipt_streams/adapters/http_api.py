@@ -6,9 +6,10 @@ checks, and produce to Kafka or read the SyncIndex.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -80,9 +81,15 @@ async def matrix_errors(
 
 class Api:
     def __init__(
-        self, settings: Settings, feed: SyncFeed, verifier: TokenVerifier, ready: Callable[[], bool]
+        self,
+        settings: Settings,
+        feed: SyncFeed,
+        verifier: TokenVerifier,
+        ready: Callable[[], bool],
+        client: bool = True,
     ) -> None:
         self.s = settings
+        self.client = client  # False: only health, readiness and metrics (a table worker)
         self.feed = feed
         self.verifier = verifier
         self.ready = ready
@@ -91,12 +98,13 @@ class Api:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[matrix_errors])
-        app.router.add_post(
-            CLIENT + "/rooms/{roomId}/receipt/{receiptType}/{eventId}", self.post_receipt
-        )
-        app.router.add_post(CLIENT + "/rooms/{roomId}/read_markers", self.post_read_markers)
-        app.router.add_get(CLIENT + "/sync", self.get_sync)
-        app.router.add_get("/_receipts/v1/rooms/{roomId}/receipts", self.get_room_receipts)
+        if self.client:
+            app.router.add_post(
+                CLIENT + "/rooms/{roomId}/receipt/{receiptType}/{eventId}", self.post_receipt
+            )
+            app.router.add_post(CLIENT + "/rooms/{roomId}/read_markers", self.post_read_markers)
+            app.router.add_get(CLIENT + "/sync", self.get_sync)
+            app.router.add_get("/_receipts/v1/rooms/{roomId}/receipts", self.get_room_receipts)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
@@ -105,6 +113,8 @@ class Api:
         return app
 
     async def _start(self, _: web.Application) -> None:
+        if not self.client:
+            return
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self.s.bootstrap_servers,
             acks="all",
@@ -240,8 +250,27 @@ class Api:
         return _json({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        ready = self.ready() and self.feed.caught_up.is_set()
-        return _json({"ready": ready}, 200 if ready else 503)
+        tables, view = self.ready(), self.feed.caught_up.is_set() or not self.client
+        return _json(
+            {"ready": tables and view, "tables": tables, "sync_view": view},
+            200 if tables and view else 503,
+        )
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+
+@contextlib.asynccontextmanager
+async def serving(api: Api, s: Settings) -> AsyncIterator[None]:
+    """Serve `api` on the configured host and port for the duration of the block."""
+    runner = web.AppRunner(api.app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, s.web_host, s.web_port).start()
+    log.info(
+        "HTTP API listening",
+        extra={"host": s.web_host, "port": s.web_port, "client_api": api.client},
+    )
+    try:
+        yield
+    finally:
+        await runner.cleanup()

@@ -55,12 +55,17 @@ class Emit:
     value: bytes
 
 
+RecordId = tuple[str, int, int]  # topic, partition, offset of a held record
+
+
 @dataclass(frozen=True, slots=True)
-class HeldWrite:
-    """Set (or, with None, delete) a held list, only after the producer is flushed."""
+class HeldRemoval:
+    """Forget these held records once everything sent before is durable (after a producer
+    flush). Only the named records: others may have joined the same list meanwhile."""
 
     key: bytes
-    entries: list[dict[str, Any]] | None
+    partition: int
+    records: frozenset[RecordId]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +73,7 @@ class Held:
     waiting_for: str
 
 
-Effect = SendDlq | Folded | HeldWrite | Held | Emit
+Effect = SendDlq | Folded | HeldRemoval | Held | Emit
 
 FEDERATION_IN, FEDERATION_OUT = "federation_in", "federation_out"
 
@@ -97,8 +102,12 @@ def _source(entry: dict[str, Any]) -> Source:
     return Source(entry["topic"], entry["partition"], entry["offset"], key, entry["value"].encode())
 
 
+def record_id(entry: dict[str, Any]) -> RecordId:
+    return entry["topic"], entry["partition"], entry["offset"]
+
+
 def _same_record(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return (a["topic"], a["partition"], a["offset"]) == (b["topic"], b["partition"], b["offset"])
+    return record_id(a) == record_id(b)
 
 
 class Processor:
@@ -222,8 +231,7 @@ class Processor:
             for entry in due:
                 receipt = ClientReceipt.model_validate_json(entry["value"])
                 effects += self._try_client(receipt, entry, now_ms, expire=True)
-            keep = [e for e in entries if not any(_same_record(e, d) for d in due)]
-            effects.append(HeldWrite(key, keep or None))
+            effects.append(HeldRemoval(key, partition, frozenset(map(record_id, due))))
         return effects
 
     # --- rules -------------------------------------------------------------------------
@@ -304,5 +312,7 @@ class Processor:
         for entry in entries:
             receipt = ClientReceipt.model_validate_json(entry["value"])
             effects += self._try_client(receipt, entry, now_ms, expire=False)
-        effects.append(HeldWrite(key, None))
+        effects.append(
+            HeldRemoval(key, entries[0]["partition"], frozenset(map(record_id, entries)))
+        )
         return effects

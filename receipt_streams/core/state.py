@@ -85,10 +85,14 @@ class HeldReceipts:
     def put(self, key: bytes, entries: list[dict[str, Any]]) -> None:
         self.store[key] = orjson.dumps(entries)
 
-    def set(self, key: bytes, entries: list[dict[str, Any]] | None) -> None:
-        """Replace a held list; None or empty deletes it."""
-        if entries:
-            self.put(key, entries)
+    def remove(self, key: bytes, records: frozenset[tuple[str, int, int]]) -> None:
+        """Drop the named records (topic, partition, offset) from a list; an emptied list is
+        deleted."""
+        keep = [
+            e for e in self.get(key) if (e["topic"], e["partition"], e["offset"]) not in records
+        ]
+        if keep:
+            self.put(key, keep)
         elif key in self.store:
             del self.store[key]
 

@@ -78,9 +78,8 @@ class SyncIndex:
         self, partition: int, offset: int, key: ReceiptKey, value: Receipt | None
     ) -> None:
         slots = self.rooms.setdefault(key.room_id, {})
-        if value is None:
-            slots.pop(key, None)
-        else:
+        slots.pop(key, None)  # re-inserted last: a room's slots stay in changelog order
+        if value is not None:
             slots[key] = _Slot(partition, offset, value)
         self.receipt_next[partition] = max(self.receipt_next[partition], offset + 1)
 
@@ -112,6 +111,17 @@ class SyncIndex:
     def token(self) -> Token:
         return Token(tuple(self.receipt_next), tuple(self.member_next))
 
+    @staticmethod
+    def _since(slots: dict[ReceiptKey, _Slot], since: Token) -> list[tuple[ReceiptKey, Receipt]]:
+        """The slots written at or after the token, walking back from the newest: a room's
+        records all come from one changelog partition, in offset order."""
+        recent = []
+        for key, slot in reversed(slots.items()):
+            if slot.offset < since.receipts[slot.partition]:
+                break
+            recent.append((key, slot.receipt))
+        return recent[::-1]
+
     def room_receipts(self, room_id: str) -> list[tuple[ReceiptKey, Receipt]]:
         return [(k, s.receipt) for k, s in self.rooms.get(room_id, {}).items()]
 
@@ -126,14 +136,11 @@ class SyncIndex:
         for room_id in self.joined_rooms(user_id):
             _, m_part, m_offset = self.memberships[user_id][room_id]
             newly_joined = since is None or m_offset >= since.members[m_part]
-            ordered = sorted(
-                self.rooms.get(room_id, {}).items(), key=lambda kv: (kv[1].partition, kv[1].offset)
-            )
-            changes = [
-                (k, slot.receipt)
-                for k, slot in ordered
-                if since is None or newly_joined or slot.offset >= since.receipts[slot.partition]
-            ]
+            slots = self.rooms.get(room_id, {})
+            if since is None or newly_joined:
+                changes = [(k, slot.receipt) for k, slot in slots.items()]
+            else:
+                changes = self._since(slots, since)
             room = render_for_user(room_id, user_id, changes)
             if room:
                 joined[room_id] = room

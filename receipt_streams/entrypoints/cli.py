@@ -15,6 +15,12 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(Settings())
 
 
+def _cmd_api(args: argparse.Namespace) -> int:
+    from receipt_streams.entrypoints.api import run_api
+
+    return run_api(Settings())
+
+
 def _cmd_topics(args: argparse.Namespace) -> int:
     from receipt_streams.adapters.topics import ensure_topics
 
@@ -42,6 +48,12 @@ def _cmd_demo_seed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from receipt_streams.entrypoints.bench import run_bench
+
+    return run_bench(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="receipt-streams",
@@ -52,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "worker", help="run a worker (joins the consumer group; stops cleanly on SIGINT/SIGTERM)"
     ).set_defaults(func=_cmd_worker)
+    sub.add_parser(
+        "api",
+        help="run the client API and /sync view alone (no tables), "
+        "beside workers started with RECEIPT_STREAMS_SERVE_API=false",
+    ).set_defaults(func=_cmd_api)
     sub.add_parser("topics", help="create the topics the worker needs").set_defaults(
         func=_cmd_topics
     )
@@ -60,6 +77,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a demo room's membership and events to the input "
         "topics (what a homeserver would)",
     ).set_defaults(func=_cmd_demo_seed)
+    bench = sub.add_parser(
+        "bench",
+        help="measure the pipeline beside the broker's ceiling "
+        "(needs KAFKA_BOOTSTRAP_SERVERS or RECEIPT_STREAMS_BOOTSTRAP_SERVERS)",
+    )
+    bench.add_argument("scenario", choices=["fold", "ingest", "latency", "recovery", "all"])
+    bench.add_argument("--receipts", type=int, default=50_000, help="fold: receipts preloaded")
+    bench.add_argument("--requests", type=int, default=20_000, help="ingest: HTTP requests")
+    bench.add_argument("--concurrency", type=int, default=64, help="ingest: clients")
+    bench.add_argument("--rate", type=float, default=1000.0, help="latency: receipts/s")
+    bench.add_argument("--duration", type=float, default=10.0, help="latency: seconds")
+    bench.add_argument("--keys", type=int, default=1_000_000, help="recovery: table keys")
+    bench.add_argument("--partitions", type=int, default=4)
+    bench.add_argument("--seed", type=int, default=1)
+    bench.add_argument("--out", default="bench-results", help="folder for the JSON results")
+    bench.set_defaults(func=_cmd_bench)
     schemas = sub.add_parser("schemas", help="write the topics' JSON Schemas")
     schemas.add_argument("--out", default="schemas", help="folder (default: schemas)")
     schemas.set_defaults(func=_cmd_schemas)

@@ -25,9 +25,11 @@ def worker(kafka_bootstrap: str, tmp_path: Path) -> Iterator[WorkerProcess]:
     w = WorkerProcess(
         worker_settings(kafka_bootstrap, tmp_path, edu_window_ms=100), tmp_path / "worker.log"
     )
-    w.start().wait_ready()
-    yield w
-    w.stop()
+    try:
+        w.start().wait_ready()
+        yield w
+    finally:
+        w.stop()
 
 
 def edu(origin: str, content: dict[str, Any]) -> tuple[str, bytes, dict]:

@@ -28,9 +28,11 @@ A, B, C, D = "@a:hs1", "@b:hs1", "@c:hs1", "@d:hs1"
 @pytest.fixture
 def worker(kafka_bootstrap: str, tmp_path: Path) -> Iterator[WorkerProcess]:
     w = WorkerProcess(worker_settings(kafka_bootstrap, tmp_path), tmp_path / "worker.log")
-    w.start().wait_ready()
-    yield w
-    w.stop()
+    try:
+        w.start().wait_ready()
+        yield w
+    finally:
+        w.stop()
 
 
 def rec(event_id: str, rtype: str, user: str, ts: int, thread: str | None = None) -> dict:

@@ -38,9 +38,11 @@ def worker(kafka_bootstrap: str, tmp_path: Path) -> Iterator[WorkerProcess]:
         kafka_bootstrap, tmp_path, tokens_file=tokens, rate_limit_per_s=1.0, rate_limit_burst=30.0
     )
     w = WorkerProcess(settings, tmp_path / "worker.log")
-    w.start().wait_ready()
-    yield w
-    w.stop()
+    try:
+        w.start().wait_ready()
+        yield w
+    finally:
+        w.stop()
 
 
 @pytest.fixture
@@ -272,3 +274,46 @@ async def _sync_until(client: Client, since: str | None, done: Any, record: Any)
 async def record_none(record: Any, body: dict) -> None:
     """`record` is the scenario's own sync() wrapper; only keep the body for validation."""
     del record, body
+
+
+async def test_a_separate_api_process_serves_what_a_table_worker_folds(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """`receipt-streams api` beside a worker started with RECEIPT_STREAMS_SERVE_API=false."""
+    from receipt_streams.bench.process import free_port
+
+    tokens = tmp_path / "tokens.json"
+    tokens.write_bytes(orjson.dumps({"tok-alice": USERS["alice"], "tok-bob": USERS["bob"]}))
+    s = worker_settings(kafka_bootstrap, tmp_path, tokens_file=tokens, serve_api=False)
+    worker = WorkerProcess(s, tmp_path / "worker.log")
+    api = WorkerProcess(
+        s.model_copy(update={"web_port": free_port(), "serve_api": True}),
+        tmp_path / "api.log",
+        command="api",
+    )
+    try:
+        worker.start().wait_ready()
+        api.start().wait_ready()
+        room = Room(s, "!split:hs1")
+        await seed(
+            worker, kafka_bootstrap, room, {"alice": "join", "bob": "join"}, [room.event("$e1")]
+        )
+        async with aiohttp.ClientSession() as session:
+            base = f"http://127.0.0.1:{api.settings.web_port}"
+            async with session.post(
+                f"{base}/_matrix/client/v3/rooms/{room.room_id}/receipt/m.read/$e1",
+                data=b"{}",
+                headers={"Authorization": "Bearer tok-alice"},
+            ) as resp:
+                assert resp.status == 200
+            bob = Client(session, base, "tok-bob")
+            body = await _sync_until(bob, None, lambda b: receipts_in(b, room.room_id), None)
+            assert receipts_in(body, room.room_id) == {(USERS["alice"], "m.read", None): "$e1"}
+            worker_base = f"http://127.0.0.1:{s.web_port}"
+            async with session.get(worker_base + "/_matrix/client/v3/sync") as resp:
+                assert resp.status == 404, "the table worker serves no client API"
+            async with session.get(worker_base + "/readyz") as resp:
+                assert (await resp.json())["ready"] is True
+    finally:
+        api.stop()
+        worker.stop()

@@ -16,7 +16,7 @@ from receipt_streams.core.dlq import Source
 from receipt_streams.core.processor import (
     Effect,
     Folded,
-    HeldWrite,
+    HeldRemoval,
     Limits,
     Processor,
     SendDlq,
@@ -77,8 +77,8 @@ class Harness:
 
     def carry_out(self, effects: list[Effect]) -> list[Effect]:
         for effect in effects:
-            if isinstance(effect, HeldWrite):
-                self.processor.held.set(effect.key, effect.entries)
+            if isinstance(effect, HeldRemoval):
+                self.processor.held.remove(effect.key, effect.records)
         self.effects += effects
         return effects
 

@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from receipt_streams.core.fold import Outcome
-from receipt_streams.core.processor import Folded, Held, HeldWrite, Limits
+from receipt_streams.core.processor import Folded, Held, HeldRemoval, Limits
 from receipt_streams.core.receipts import Receipt, ReceiptKey
 from receipt_streams.core.state import HeldReceipts
 from tests.core.harness import (
@@ -161,7 +161,7 @@ def test_not_yet_joined_is_held_then_released_on_join(h: Harness) -> None:
     assert h.table() == {} and key in h.held
 
     effects = h.member(C)
-    assert effects[-1] == HeldWrite(key, None)
+    assert removal_of(effects[-1]) == key
     assert folded(effects) == [
         Folded(
             ReceiptKey(ROOM, C, "m.read", None), Receipt("$e2", 4, 42, {"ts": 42}), Outcome.APPLIED
@@ -179,7 +179,7 @@ def test_unknown_event_is_held_then_released_when_the_event_arrives(h: Harness) 
     assert h.table() == {}
 
     effects = h.event("$later", rel=("m.thread", "$root"))  # pos 9
-    assert effects[-1] == HeldWrite(key, None)
+    assert removal_of(effects[-1]) == key
     assert h.table() == {
         ReceiptKey(ROOM, A, "m.read", "$root"): Receipt(
             "$later", 9, 7, {"ts": 7, "thread_id": "$root"}
@@ -193,7 +193,7 @@ def test_release_checks_the_thread_when_the_event_arrives(h: Harness) -> None:
     assert h.receipt(A, "m.read", "$later", thread_id="main") == [Held("event")]
     effects = h.event("$later", rel=("m.thread", "$root"))
     assert dlq_reasons(effects) == ["thread_mismatch"]
-    assert effects[-1] == HeldWrite(HeldReceipts.key(ROOM, "event", "$later"), None)
+    assert removal_of(effects[-1]) == HeldReceipts.key(ROOM, "event", "$later")
     assert h.table() == {} and h.held == {}
     rejected = decoded(dlqs(effects)[0])
     assert (rejected["topic"], rejected["offset"]) == (CLIENT, 0)
@@ -204,7 +204,7 @@ def test_held_for_join_then_for_event(h: Harness) -> None:
     effects = h.member(C)
     join_key = HeldReceipts.key(ROOM, "join", C)
     event_key = HeldReceipts.key(ROOM, "event", "$later")
-    assert effects == [Held("event"), HeldWrite(join_key, None)]
+    assert effects[0] == Held("event") and removal_of(effects[1]) == join_key
     [entry] = h.held_entries()[event_key]
     assert entry["held_at"] == T0  # the grace period runs from the first hold
     assert join_key not in h.held
@@ -217,7 +217,7 @@ def test_held_receipt_of_a_user_who_then_leaves_is_rejected(h: Harness) -> None:
     assert h.receipt(C, "m.read", "$e1") == [Held("join")]
     effects = h.member(C, "leave")
     assert dlq_reasons(effects) == ["not_joined"]
-    assert effects[-1] == HeldWrite(HeldReceipts.key(ROOM, "join", C), None)
+    assert removal_of(effects[-1]) == HeldReceipts.key(ROOM, "join", C)
     assert h.held == {} and h.table() == {}
 
 
@@ -253,9 +253,9 @@ def test_held_receipts_expire_into_the_dlq(h: Harness) -> None:
         assert record["topic"] == CLIENT
         assert record["key"] == ROOM
         assert record["ts"] == T0 + GRACE
-    assert {e for e in effects if isinstance(e, HeldWrite)} == {
-        HeldWrite(HeldReceipts.key(ROOM, "event", "$never"), None),
-        HeldWrite(HeldReceipts.key(ROOM, "join", C), None),
+    assert {e.key for e in effects if isinstance(e, HeldRemoval)} == {
+        HeldReceipts.key(ROOM, "event", "$never"),
+        HeldReceipts.key(ROOM, "join", C),
     }
     assert h.held == {} and h.table() == {}
     assert h.tick(T0 + 10 * GRACE) == []  # nothing left to expire
@@ -268,8 +268,8 @@ def test_expiry_keeps_entries_that_are_not_due(h: Harness) -> None:
     effects = h.tick(T0 + GRACE)
     assert dlq_reasons(effects) == ["unknown_event"]
     key = HeldReceipts.key(ROOM, "event", "$later")
-    [write] = [e for e in effects if isinstance(e, HeldWrite)]
-    assert write.key == key and [e["offset"] for e in write.entries] == [1]
+    [removal] = [e for e in effects if isinstance(e, HeldRemoval)]
+    assert removal.key == key and [r[2] for r in removal.records] == [0]
     assert [e["offset"] for e in h.held_entries()[key]] == [1]
     h.event("$later")
     assert h.slot(B).event_id == "$later"
@@ -325,7 +325,7 @@ def test_release_cut_short_by_a_crash_is_redone(h: Harness) -> None:
         ),
         T0,
     )
-    assert HeldWrite(key, None) in effects  # ... but the write never happened
+    assert key in {e.key for e in effects if isinstance(e, HeldRemoval)}  # ... never applied
     assert h.held == saved
     effects = h.event("$later", pos=20)
     assert [f.outcome for f in folded(effects)] == [Outcome.REPLAYED]
@@ -417,3 +417,9 @@ def test_membership_crash_prefix_through_the_processor(membership: str) -> None:
     h.feed(record)  # ... and once more
     assert h.processor.state.servers(ROOM).counts == expected
     assert h.processor.state.member(ROOM, "@d:hs2").membership == membership
+
+
+def removal_of(effect: object) -> bytes:
+    """The held key an effect removes records from (fails for any other effect)."""
+    assert isinstance(effect, HeldRemoval), effect
+    return effect.key

@@ -1,0 +1,114 @@
+"""Small measuring tools: percentiles, result tables and JSON, Kafka progress probes."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100); NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def latency_summary(ms: Sequence[float]) -> dict[str, float]:
+    return {
+        "count": len(ms),
+        "p50_ms": percentile(ms, 50),
+        "p90_ms": percentile(ms, 90),
+        "p99_ms": percentile(ms, 99),
+        "max_ms": max(ms) if ms else math.nan,
+    }
+
+
+def print_table(title: str, rows: list[tuple[str, Any]]) -> None:
+    width = max(len(name) for name, _ in rows)
+    print(f"\n{title}\n" + "-" * (width + 20))
+    for name, value in rows:
+        shown = (
+            f"{value:,.1f}"
+            if isinstance(value, float)
+            else f"{value:,}"
+            if isinstance(value, int)
+            else str(value)
+        )
+        print(f"{name:<{width}}  {shown}")
+
+
+def write_result(out_dir: Path, name: str, result: dict[str, Any]) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    return path
+
+
+async def end_offsets(bootstrap: str, topics: Sequence[str]) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        tps = [
+            TopicPartition(t, p)
+            for t in topics
+            for p in sorted(consumer.partitions_for_topic(t) or await _partitions(consumer, t))
+        ]
+        return await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()
+    return consumer.partitions_for_topic(topic) or set()
+
+
+async def group_caught_up(bootstrap: str, group: str, topics: Sequence[str]) -> bool:
+    """Has `group` committed every partition of `topics` up to its end?"""
+    ends = await end_offsets(bootstrap, topics)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return all(
+        end == 0 or (tp in committed and committed[tp].offset >= end) for tp, end in ends.items()
+    )
+
+
+async def record_times(bootstrap: str, topics: Sequence[str], first: bool) -> float | None:
+    """The earliest (first=True) or latest timestamp, in seconds, of the topics' records."""
+    ends = await end_offsets(bootstrap, topics)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        stamps = []
+        for tp, end in ends.items():
+            if end == 0:
+                continue
+            consumer.assign([tp])
+            if first:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, end - 1)
+            got = await consumer.getmany(tp, timeout_ms=5000, max_records=1)
+            stamps += [m.timestamp / 1000 for m in got.get(tp, [])]
+        if not stamps:
+            return None
+        return min(stamps) if first else max(stamps)
+    finally:
+        await consumer.stop()
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,443 @@
+"""The benchmark scenarios. Each starts its own worker on fresh topics, and returns a result.
+
+All load goes to 127.0.0.1 (or the configured cluster), every loop is bounded in count and
+time, and long phases show a progress bar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.partitioner import murmur2
+from tqdm import tqdm
+
+from receipt_streams.adapters.topics import ensure_topics
+from receipt_streams.bench.measure import (
+    end_offsets,
+    group_caught_up,
+    latency_summary,
+    record_times,
+)
+from receipt_streams.bench.process import WorkerProcess, free_port, worker_settings
+from receipt_streams.bench.workload import Workload, WorkloadSpec
+from receipt_streams.config import Settings
+
+LOCAL = "hs0"
+
+
+@dataclass
+class Bench:
+    bootstrap: str
+    seed: int = 1
+    partitions: int = 4
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="rs-bench-")))
+
+    def settings(self, **overrides: Any) -> Settings:
+        base: dict[str, Any] = {
+            "partitions": self.partitions,
+            "server_name": LOCAL,
+            "grace_period_s": 30.0,
+            "tick_interval_s": 1.0,
+            "commit_interval_s": 1.0,
+            "session_timeout_s": 10.0,
+            "rate_limit_per_s": 0.0,
+            "log_level": "WARNING",
+        }
+        base.update(overrides)
+        return worker_settings(self.bootstrap, self.workdir, **base)
+
+    def worker(self, s: Settings, name: str) -> WorkerProcess:
+        return WorkerProcess(s, self.workdir / f"{name}.log")
+
+
+async def _produce(bootstrap: str, records: list[tuple[str, bytes, bytes]], label: str) -> float:
+    """Send everything as fast as the client allows; seconds taken."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=256 * 1024
+    )
+    await producer.start()
+    t0 = time.perf_counter()
+    try:
+        pending = []
+        for topic, key, value in tqdm(records, desc=label, unit="rec", leave=False):
+            pending.append(await producer.send(topic, value, key=key))
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - t0
+
+
+def _setup_records(s: Settings, work: Workload) -> list[tuple[str, bytes, bytes]]:
+    topics = {"membership": s.topic_membership, "events": s.topic_events}
+    return [(topics[kind], v["room_id"].encode(), orjson.dumps(v)) for kind, v in work.setup]
+
+
+async def _wait(predicate: Any, timeout: float, what: str, step: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout
+    with tqdm(desc=what, unit="s", leave=False, total=int(timeout)) as bar:
+        while not await predicate():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: not done in {timeout:.0f} s")
+            await asyncio.sleep(step)
+            bar.update(step)
+
+
+# --- fold ----------------------------------------------------------------------------------
+
+
+async def passthrough(bootstrap: str, topics: list[str], total: int, out_topic: str) -> float:
+    """The ceiling: plain aiokafka consume -> orjson.loads -> produce, same records."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        max_poll_records=10_000,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=256 * 1024
+    )
+    await consumer.start()
+    await producer.start()
+    try:
+        tps = [tp for tp in await end_offsets(bootstrap, topics)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        seen, pending = 0, []
+        t0 = time.perf_counter()
+        with tqdm(total=total, desc="passthrough", unit="rec", leave=False) as bar:
+            while seen < total:
+                batch = await consumer.getmany(timeout_ms=1000)
+                for msgs in batch.values():
+                    for m in msgs:
+                        value = orjson.loads(m.value)
+                        pending.append(
+                            await producer.send(out_topic, orjson.dumps(value), key=m.key)
+                        )
+                    seen += len(msgs)
+                    bar.update(len(msgs))
+                if len(pending) > 20_000:
+                    await asyncio.gather(*pending)
+                    pending.clear()
+                if time.perf_counter() - t0 > 600:
+                    raise TimeoutError("passthrough did not finish in 600 s")
+            await asyncio.gather(*pending)
+        return time.perf_counter() - t0
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+async def bench_fold(b: Bench, receipts: int) -> dict[str, Any]:
+    s = b.settings()
+    work = Workload(WorkloadSpec(receipts=receipts, seed=b.seed), LOCAL)
+    await ensure_topics(s)
+    setup = _setup_records(s, work)
+    rows = [(s.topic_client, r["room_id"].encode(), orjson.dumps(r)) for r in work.receipts()]
+    await _produce(b.bootstrap, setup + rows, "preload")
+
+    inputs = [s.topic_membership, s.topic_events, s.topic_client]
+    ceiling_s = await passthrough(
+        b.bootstrap, inputs, len(setup) + len(rows), s.topic_client + ".passthrough"
+    )
+
+    worker = b.worker(s, "fold").start()
+    try:
+
+        async def done() -> bool:
+            return (
+                await group_caught_up(b.bootstrap, s.app_id, inputs)
+                and await group_caught_up(
+                    b.bootstrap, f"{s.app_id}-sync-deltas", [s.changelog_receipts]
+                )
+                and await group_caught_up(
+                    b.bootstrap, f"{s.app_id}-federation-edus", [s.topic_outbox]
+                )
+            )
+
+        await _wait(done, 1800, "fold", step=1.0)
+        first = await record_times(b.bootstrap, [s.changelog_state], first=True)
+        last = await record_times(b.bootstrap, [s.topic_sync, s.topic_edus], first=False)
+        ends = await end_offsets(b.bootstrap, [s.topic_sync, s.topic_edus, s.topic_dlq])
+    finally:
+        worker.stop()
+    assert first is not None and last is not None
+    fold_s = last - first
+    out = {
+        name: sum(v for tp, v in ends.items() if tp.topic == topic)
+        for name, topic in (("deltas", s.topic_sync), ("edus", s.topic_edus), ("dlq", s.topic_dlq))
+    }
+    return {
+        "receipts": receipts,
+        "setup_records": len(setup),
+        "fold_seconds": fold_s,
+        "fold_receipts_per_s": receipts / fold_s,
+        "passthrough_seconds": ceiling_s,
+        "passthrough_receipts_per_s": receipts / ceiling_s,
+        "ratio": ceiling_s / fold_s,
+        **out,
+        "partitions": b.partitions,
+    }
+
+
+# --- ingest and latency ----------------------------------------------------------------------
+
+
+@dataclass
+class ApiDeployment:
+    """One table worker (no client API) and one API process: two processes, two cores."""
+
+    worker: WorkerProcess
+    api: WorkerProcess
+    token_of: dict[str, str]
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.api.settings.web_port}/_matrix/client/v3"
+
+    def stop(self) -> None:
+        self.api.stop()
+        self.worker.stop()
+
+
+async def _api_deployment(b: Bench, work: Workload, name: str) -> ApiDeployment:
+    tokens = {f"tok-{u}": u for u in work.local_users()}
+    path = b.workdir / f"{name}-tokens.json"
+    path.write_bytes(orjson.dumps(tokens))
+    s = b.settings(tokens_file=path, serve_api=False)
+    await ensure_topics(s)
+    await _produce(b.bootstrap, _setup_records(s, work), "setup")
+    worker = b.worker(s, name).start()
+    api_settings = s.model_copy(update={"web_port": free_port(), "serve_api": True})
+    api = WorkerProcess(api_settings, b.workdir / f"{name}-api.log", command="api").start()
+    deployment = ApiDeployment(worker, api, {u: t for t, u in tokens.items()})
+    try:
+        worker.wait_ready(120)
+        # Measure steady state: every join and event folded before the load starts.
+        setup_topics = [s.topic_membership, s.topic_events]
+        await _wait(lambda: group_caught_up(b.bootstrap, s.app_id, setup_topics), 600, "setup")
+        api.wait_ready(120)
+    except BaseException:
+        deployment.stop()
+        raise
+    return deployment
+
+
+async def bench_ingest(b: Bench, requests: int, concurrency: int) -> dict[str, Any]:
+    work = Workload(WorkloadSpec(receipts=requests, seed=b.seed), LOCAL)
+    deployment = await _api_deployment(b, work, "ingest")
+    base, token_of = deployment.base, deployment.token_of
+    bodies = list(work.receipts())
+    latencies: list[float] = []
+    failures = 0
+    try:
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            queue: asyncio.Queue[dict] = asyncio.Queue()
+            for body in bodies:
+                queue.put_nowait(body)
+            bar = tqdm(total=len(bodies), desc="ingest", unit="req", leave=False)
+
+            async def client() -> None:
+                nonlocal failures
+                while not queue.empty():
+                    r = queue.get_nowait()
+                    url = f"{base}/rooms/{r['room_id']}/receipt/{r['receipt_type']}/{r['event_id']}"
+                    body = {"thread_id": r["thread_id"]} if "thread_id" in r else {}
+                    t0 = time.perf_counter()
+                    async with session.post(
+                        url,
+                        data=orjson.dumps(body),
+                        headers={"Authorization": f"Bearer {token_of[r['user_id']]}"},
+                    ) as resp:
+                        await resp.read()
+                        ok = resp.status == 200
+                    latencies.append((time.perf_counter() - t0) * 1000)
+                    failures += not ok
+                    bar.update(1)
+
+            t0 = time.perf_counter()
+            await asyncio.wait_for(asyncio.gather(*(client() for _ in range(concurrency))), 900)
+            elapsed = time.perf_counter() - t0
+            bar.close()
+    finally:
+        deployment.stop()
+    accepted = len(latencies) - failures
+    return {
+        "requests": len(latencies),
+        "accepted": accepted,
+        "failed": failures,
+        "concurrency": concurrency,
+        "seconds": elapsed,
+        "accepted_per_s": accepted / elapsed,
+        **latency_summary(latencies),
+    }
+
+
+async def bench_latency(
+    b: Bench, rate: float, duration: float, rooms: int = 20, senders_per_room: int = 40
+) -> dict[str, Any]:
+    spec = WorkloadSpec(
+        receipts=1, seed=b.seed, events_per_room=int(rate * duration / rooms / 2) + 20
+    )
+    work = Workload(spec, LOCAL)
+    deployment = await _api_deployment(b, work, "latency")
+    api, token_of = deployment.base, deployment.token_of
+    chosen = [room for room in work.rooms if len(room.local_members) >= 2][:rooms]
+    sent: dict[tuple[str, str, str], float] = {}
+    seen: dict[tuple[str, str, str], float] = {}
+    stop = asyncio.Event()
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+            async def watch(room: Any) -> None:
+                headers = {"Authorization": f"Bearer {token_of[room.local_members[0]]}"}
+                async with session.get(f"{api}/sync", headers=headers) as resp:
+                    since = (await resp.json())["next_batch"]
+                while not stop.is_set():
+                    async with session.get(
+                        f"{api}/sync", headers=headers, params={"since": since, "timeout": "2000"}
+                    ) as resp:
+                        body = await resp.json()
+                    at = time.perf_counter()
+                    since = body["next_batch"]
+                    room_body = body["rooms"]["join"].get(room.room_id, {})
+                    for event in room_body.get("ephemeral", {}).get("events", []):
+                        for event_id, by_type in event["content"].items():
+                            for user in by_type.get("m.read", {}):
+                                seen.setdefault((room.room_id, user, event_id), at)
+
+            watchers = [asyncio.create_task(watch(room)) for room in chosen]
+            await asyncio.sleep(1.0)
+            senders = [
+                (room, user)
+                for room in chosen
+                for user in room.local_members[1 : senders_per_room + 1]
+            ]
+            step = {sender_id: 0 for sender_id in range(len(senders))}
+            total = int(rate * duration)
+            in_flight: set[asyncio.Task] = set()
+
+            async def post(room: Any, user: str, event_id: str) -> None:
+                url = f"{api}/rooms/{room.room_id}/receipt/m.read/{event_id}"
+                sent[(room.room_id, user, event_id)] = time.perf_counter()
+                async with session.post(
+                    url, data=b"{}", headers={"Authorization": f"Bearer {token_of[user]}"}
+                ) as resp:
+                    await resp.read()
+
+            t0 = time.perf_counter()
+            for n in tqdm(range(total), desc=f"latency @ {rate:g}/s", unit="req", leave=False):
+                await asyncio.sleep(max(0.0, t0 + n / rate - time.perf_counter()))
+                i = n % len(senders)
+                room, user = senders[i]
+                events = room.main_events
+                event_id = events[min(step[i], len(events) - 1)]
+                step[i] += 1
+                task = asyncio.create_task(post(room, user, event_id))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+            offered_s = time.perf_counter() - t0
+            await asyncio.gather(*in_flight)
+            deadline = time.perf_counter() + 10
+            while time.perf_counter() < deadline and not set(sent) <= set(seen):  # noqa: ASYNC110
+                await asyncio.sleep(0.2)  # the watchers fill `seen`; give stragglers 10 s
+            stop.set()
+            await asyncio.gather(*watchers, return_exceptions=True)
+    finally:
+        deployment.stop()
+    lat = [(seen[k] - t) * 1000 for k, t in sent.items() if k in seen]
+    return {
+        "offered_rate_per_s": rate,
+        "achieved_rate_per_s": len(sent) / offered_s,
+        "sent": len(sent),
+        "missing": len(set(sent) - set(seen)),
+        "rooms": len(chosen),
+        **latency_summary(lat),
+    }
+
+
+# --- recovery --------------------------------------------------------------------------------
+
+
+def _ready_state(port: int) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+            return orjson.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return orjson.loads(exc.read())
+    except OSError:
+        return {"ready": False, "tables": False, "sync_view": False}
+
+
+def _time_to_ready(worker: WorkerProcess, timeout: float = 600) -> dict[str, float]:
+    t0 = time.monotonic()
+    worker.start()
+    tables_at = None
+    while time.monotonic() - t0 < timeout:
+        state = _ready_state(worker.settings.web_port)
+        if state.get("tables") and tables_at is None:
+            tables_at = time.monotonic() - t0
+        if state.get("ready"):
+            return {
+                "tables_ready_s": tables_at or time.monotonic() - t0,
+                "ready_s": time.monotonic() - t0,
+            }
+        if worker.proc is not None and worker.proc.poll() is not None:
+            raise RuntimeError(f"worker exited:\n{worker.tail()}")
+        time.sleep(0.05)
+    raise TimeoutError(f"worker not ready in {timeout} s")
+
+
+async def bench_recovery(b: Bench, keys: int) -> dict[str, Any]:
+    s = b.settings()
+    await ensure_topics(s)
+    rooms = max(1, keys // 1000)
+    records = []
+    for i in range(keys):
+        room, user = f"!rec{i % rooms}:{LOCAL}", f"@u{i // rooms}:{LOCAL}"
+        key = orjson.dumps([room, user, "m.read", None])
+        value = orjson.dumps({"event_id": f"$e{i}", "stream_pos": i, "ts": i, "data": {"ts": i}})
+        partition = (murmur2(room.encode()) & 0x7FFFFFFF) % s.partitions
+        records.append((partition, key, value))
+    producer = AIOKafkaProducer(
+        bootstrap_servers=b.bootstrap, acks="all", linger_ms=20, max_batch_size=512 * 1024
+    )
+    await producer.start()
+    try:
+        pending = []
+        for partition, key, value in tqdm(records, desc="changelog", unit="key", leave=False):
+            pending.append(
+                await producer.send(s.changelog_receipts, value, key=key, partition=partition)
+            )
+            if len(pending) >= 50_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    del records
+    worker = b.worker(s, "recovery")
+    rebuild = _time_to_ready(worker)
+    assert worker.stop() == 0
+    local = _time_to_ready(worker)
+    assert worker.stop() == 0
+    return {
+        "keys": keys,
+        "rebuild_tables_s": rebuild["tables_ready_s"],
+        "rebuild_ready_s": rebuild["ready_s"],
+        "local_tables_s": local["tables_ready_s"],
+        "local_ready_s": local["ready_s"],
+    }

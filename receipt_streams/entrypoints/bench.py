@@ -1,0 +1,60 @@
+"""`receipt-streams bench`: run scenarios, print a table each, write JSON results."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from receipt_streams.bench.measure import print_table, write_result
+from receipt_streams.bench.scenarios import (
+    Bench,
+    bench_fold,
+    bench_ingest,
+    bench_latency,
+    bench_recovery,
+)
+from receipt_streams.config import Settings
+
+
+def _rows(result: dict[str, Any]) -> list[tuple[str, Any]]:
+    return [(k, v) for k, v in result.items()]
+
+
+async def _run(args: argparse.Namespace) -> dict[str, Any]:
+    b = Bench(Settings().bootstrap_servers, seed=args.seed, partitions=args.partitions)
+    chosen = (
+        ["fold", "ingest", "latency", "recovery"] if args.scenario == "all" else [args.scenario]
+    )
+    runs = {
+        "fold": lambda: bench_fold(b, args.receipts),
+        "ingest": lambda: bench_ingest(b, args.requests, args.concurrency),
+        "latency": lambda: bench_latency(b, args.rate, args.duration),
+        "recovery": lambda: bench_recovery(b, args.keys),
+    }
+    results = {}
+    for name in chosen:
+        started = time.time()
+        result = await runs[name]()
+        result["machine"] = {
+            "cpus": __import__("os").cpu_count(),
+            "python": platform.python_version(),
+        }
+        result["started_at"] = started
+        results[name] = result
+        print_table(
+            f"bench {name}",
+            _rows({k: v for k, v in result.items() if k not in ("machine", "started_at")}),
+        )
+        print(f"-> {write_result(Path(args.out), name, result)}")
+    return results
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(_run(args))
+    return 0
