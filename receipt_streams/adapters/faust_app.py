@@ -158,6 +158,10 @@ def create_app(s: Settings) -> faust.App:
         async for event in stream.events():
             await carry_out(guarded(processor.federation_edu, event.message), "federation")
 
+    @app.timer(5.0)
+    async def fold_lag() -> None:
+        await metrics.record_lag("fold", app.consumer, every_s=0)
+
     @app.timer(s.tick_interval_s)
     async def send_ticks() -> None:
         """Drive the grace-period sweep on every partition, busy or idle."""

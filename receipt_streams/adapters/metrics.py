@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import time
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
 
 RECEIPTS = Counter(
     "receipt_streams_receipts_total",
@@ -27,3 +30,23 @@ DELTA_BATCH = Histogram(
     buckets=(1, 5, 10, 50, 100, 500, 1000, 5000, 10000),
 )
 EDUS = Counter("receipt_streams_edus_total", "Federation m.receipt EDUs emitted.")
+LAG = Gauge(
+    "receipt_streams_consumer_lag",
+    "Records on a partition not yet consumed (highwater - position).",
+    ["consumer", "topic", "partition"],
+)
+
+_lag_at: dict[str, float] = {}
+
+
+async def record_lag(name: str, consumer: Any, every_s: float = 5.0) -> None:
+    """Refresh the lag gauges of one consumer (aiokafka or faust), at most every `every_s`."""
+    now = time.monotonic()
+    if now - _lag_at.get(name, 0.0) < every_s:
+        return
+    _lag_at[name] = now
+    for tp in consumer.assignment():
+        highwater = consumer.highwater(tp)
+        position = await consumer.position(tp)
+        if highwater is not None and position is not None:
+            LAG.labels(name, tp.topic, str(tp.partition)).set(max(0, highwater - position))

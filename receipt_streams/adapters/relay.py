@@ -86,6 +86,7 @@ class Relay(ABC):
                     await self._collect(consumer)
                     await self._send(producer, self.drain(now_ms()))
                     await self._commit(consumer)
+                    await metrics.record_lag(self.name, consumer)
             finally:
                 await consumer.stop()
         finally:

@@ -13,6 +13,7 @@ import logging
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from receipt_streams.adapters import metrics
 from receipt_streams.adapters.supervise import supervise
 from receipt_streams.config import Settings
 from receipt_streams.core.receipts import Receipt, ReceiptKey
@@ -67,6 +68,7 @@ class SyncFeed:
                 if got:
                     async with self.changed:
                         self.changed.notify_all()
+                await metrics.record_lag("sync-view", consumer)
                 if not self.caught_up.is_set() and await self._reached(consumer, targets):
                     self.caught_up.set()
                     log.info("sync feed caught up")

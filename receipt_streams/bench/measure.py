@@ -36,14 +36,13 @@ def print_table(title: str, rows: list[tuple[str, Any]]) -> None:
     width = max(len(name) for name, _ in rows)
     print(f"\n{title}\n" + "-" * (width + 20))
     for name, value in rows:
-        shown = (
-            f"{value:,.1f}"
-            if isinstance(value, float)
-            else f"{value:,}"
-            if isinstance(value, int)
-            else str(value)
-        )
-        print(f"{name:<{width}}  {shown}")
+        print(f"{name:<{width}}  {_show(value)}")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.3g}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def write_result(out_dir: Path, name: str, result: dict[str, Any]) -> Path:

@@ -60,18 +60,23 @@ class Bench:
         return WorkerProcess(s, self.workdir / f"{name}.log")
 
 
-async def _produce(bootstrap: str, records: list[tuple[str, bytes, bytes]], label: str) -> float:
-    """Send everything as fast as the client allows; seconds taken."""
+Row = tuple[str, bytes, bytes] | tuple[str, bytes, bytes, int]  # topic, key, value[, partition]
+
+
+async def _produce(bootstrap: str, records: list[Row], label: str) -> float:
+    """Send everything as fast as the client allows; seconds taken. A record may name its
+    partition (a table changelog follows its input's partitioning, not the key's hash)."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=256 * 1024
+        bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=512 * 1024
     )
     await producer.start()
     t0 = time.perf_counter()
     try:
         pending = []
-        for topic, key, value in tqdm(records, desc=label, unit="rec", leave=False):
-            pending.append(await producer.send(topic, value, key=key))
-            if len(pending) >= 20_000:
+        for topic, key, value, *partition in tqdm(records, desc=label, unit="rec", leave=False):
+            part = partition[0] if partition else None
+            pending.append(await producer.send(topic, value, key=key, partition=part))
+            if len(pending) >= 50_000:
                 await asyncio.gather(*pending)
                 pending.clear()
         await asyncio.gather(*pending)
@@ -401,33 +406,19 @@ def _time_to_ready(worker: WorkerProcess, timeout: float = 600) -> dict[str, flo
     raise TimeoutError(f"worker not ready in {timeout} s")
 
 
-async def bench_recovery(b: Bench, keys: int) -> dict[str, Any]:
-    s = b.settings()
+async def bench_recovery(b: Bench, keys: int, serve_api: bool = True) -> dict[str, Any]:
+    """With serve_api the worker also rebuilds its /sync view (every key, in memory)."""
+    s = b.settings(serve_api=serve_api)
     await ensure_topics(s)
     rooms = max(1, keys // 1000)
-    records = []
+    records: list[Row] = []
     for i in range(keys):
         room, user = f"!rec{i % rooms}:{LOCAL}", f"@u{i // rooms}:{LOCAL}"
         key = orjson.dumps([room, user, "m.read", None])
         value = orjson.dumps({"event_id": f"$e{i}", "stream_pos": i, "ts": i, "data": {"ts": i}})
         partition = (murmur2(room.encode()) & 0x7FFFFFFF) % s.partitions
-        records.append((partition, key, value))
-    producer = AIOKafkaProducer(
-        bootstrap_servers=b.bootstrap, acks="all", linger_ms=20, max_batch_size=512 * 1024
-    )
-    await producer.start()
-    try:
-        pending = []
-        for partition, key, value in tqdm(records, desc="changelog", unit="key", leave=False):
-            pending.append(
-                await producer.send(s.changelog_receipts, value, key=key, partition=partition)
-            )
-            if len(pending) >= 50_000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
+        records.append((s.changelog_receipts, key, value, partition))
+    await _produce(b.bootstrap, records, "changelog")
     del records
     worker = b.worker(s, "recovery")
     rebuild = _time_to_ready(worker)

@@ -67,40 +67,36 @@ def validate_server_name(value: object) -> str:
     return value
 
 
-def validate_user_id(value: object) -> str:
-    if not isinstance(value, str) or not value.startswith("@"):
-        raise _fail("user ID", value, "must start with '@'")
+def _sigil_id(kind: str, sigil: str, value: object) -> tuple[str, str, str]:
+    """Common checks of `<sigil>local[:server]`; returns (value, localpart, server or "")."""
+    if not isinstance(value, str) or not value.startswith(sigil):
+        raise _fail(kind, value, f"must start with {sigil!r}")
     if len(value.encode()) > MAX_ID_BYTES:
-        raise _fail("user ID", value, "longer than 255 bytes")
-    localpart, sep, server = value[1:].partition(":")
-    if not sep or _USER_LOCALPART.fullmatch(localpart) is None:
+        raise _fail(kind, value, "longer than 255 bytes")
+    local, sep, server = value[1:].partition(":")
+    if sep and not is_server_name(server):
+        raise _fail(kind, value, "bad server name")
+    return value, local, server if sep else ""
+
+
+def validate_user_id(value: object) -> str:
+    checked, localpart, server = _sigil_id("user ID", "@", value)
+    if not server or _USER_LOCALPART.fullmatch(localpart) is None:
         raise _fail("user ID", value, "expected @localpart:server")
-    if not is_server_name(server):
-        raise _fail("user ID", value, "bad server name")
-    return value
+    return checked
+
+
+def _opaque_id(kind: str, sigil: str, value: object) -> str:
+    """Room and event IDs: an opaque part, and a server part only in older room versions."""
+    checked, opaque, _ = _sigil_id(kind, sigil, value)
+    if _OPAQUE.fullmatch(opaque) is None:
+        raise _fail(kind, value, "bad opaque part")
+    return checked
 
 
 def validate_room_id(value: object) -> str:
-    if not isinstance(value, str) or not value.startswith("!"):
-        raise _fail("room ID", value, "must start with '!'")
-    if len(value.encode()) > MAX_ID_BYTES:
-        raise _fail("room ID", value, "longer than 255 bytes")
-    opaque, sep, server = value[1:].partition(":")
-    if _OPAQUE.fullmatch(opaque) is None:
-        raise _fail("room ID", value, "bad opaque part")
-    if sep and not is_server_name(server):
-        raise _fail("room ID", value, "bad server name")
-    return value
+    return _opaque_id("room ID", "!", value)
 
 
 def validate_event_id(value: object) -> str:
-    if not isinstance(value, str) or not value.startswith("$"):
-        raise _fail("event ID", value, "must start with '$'")
-    if len(value.encode()) > MAX_ID_BYTES:
-        raise _fail("event ID", value, "longer than 255 bytes")
-    opaque, sep, server = value[1:].partition(":")
-    if _OPAQUE.fullmatch(opaque) is None:
-        raise _fail("event ID", value, "bad opaque part")
-    if sep and not is_server_name(server):
-        raise _fail("event ID", value, "bad server name")
-    return value
+    return _opaque_id("event ID", "$", value)

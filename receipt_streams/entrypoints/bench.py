@@ -34,7 +34,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         "fold": lambda: bench_fold(b, args.receipts),
         "ingest": lambda: bench_ingest(b, args.requests, args.concurrency),
         "latency": lambda: bench_latency(b, args.rate, args.duration),
-        "recovery": lambda: bench_recovery(b, args.keys),
+        "recovery": lambda: bench_recovery(b, args.keys, serve_api=not args.split_api),
     }
     results = {}
     for name in chosen:

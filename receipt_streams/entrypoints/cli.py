@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--duration", type=float, default=10.0, help="latency: seconds")
     bench.add_argument("--keys", type=int, default=1_000_000, help="recovery: table keys")
     bench.add_argument("--partitions", type=int, default=4)
+    bench.add_argument(
+        "--split-api",
+        action="store_true",
+        help="recovery: a worker without the API's /sync view (serve_api off)",
+    )
     bench.add_argument("--seed", type=int, default=1)
     bench.add_argument("--out", default="bench-results", help="folder for the JSON results")
     bench.set_defaults(func=_cmd_bench)

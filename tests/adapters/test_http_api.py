@@ -317,3 +317,30 @@ async def test_a_separate_api_process_serves_what_a_table_worker_folds(
     finally:
         api.stop()
         worker.stop()
+
+
+async def test_metrics_report_consumer_lag_and_receipts(
+    worker: WorkerProcess, http: dict[str, Client], kafka_bootstrap: str
+) -> None:
+    room = Room(worker.settings, "!metrics:hs1")
+    await seed(worker, kafka_bootstrap, room, {"alice": "join"}, [room.event("$e1")])
+    assert (await http["alice"].receipt(room.room_id, "m.read", "$e1"))[0] == 200
+    deadline = time.monotonic() + 30
+    while True:
+        _, _ = await http["alice"].request("GET", "/healthz")
+        async with http["alice"].session.get(http["alice"].base + "/metrics") as resp:
+            text = await resp.text()
+        lag = {
+            line.split("{")[1].split(",")[0]
+            for line in text.splitlines()
+            if line.startswith("receipt_streams_consumer_lag{")
+        }
+        if {
+            'consumer="fold"',
+            'consumer="sync-deltas"',
+            'consumer="sync-view"',
+        } <= lag and 'receipt_streams_http_receipts_total{receipt_type="m.read"} 1.0' in text:
+            break
+        assert time.monotonic() < deadline, f"metrics incomplete: {sorted(lag)}"
+        await asyncio.sleep(0.5)
+    assert 'receipt_streams_receipts_total{outcome="applied",source="client"}' in text
