@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 import faust
 
 from receipt_streams.adapters import metrics
 from receipt_streams.adapters.auth import verifier_for
+from receipt_streams.adapters.clock import now_ms
 from receipt_streams.adapters.http_api import Api, serving
 from receipt_streams.adapters.relay import DeltaRelay, EduRelay
 from receipt_streams.adapters.sync_feed import SyncFeed
@@ -40,10 +40,6 @@ from receipt_streams.core.reasons import Reason
 log = logging.getLogger(__name__)
 
 RAW = {"key_serializer": "raw", "value_serializer": "raw"}
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def create_app(s: Settings) -> faust.App:
@@ -189,5 +185,4 @@ def create_app(s: Settings) -> faust.App:
             else:
                 await asyncio.Event().wait()
 
-    app.receipt_tables = tables  # type: ignore[attr-defined]
     return app

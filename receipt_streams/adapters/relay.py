@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from receipt_streams.adapters import metrics
+from receipt_streams.adapters.clock import now_ms
 from receipt_streams.adapters.supervise import supervise
 from receipt_streams.config import Settings
 from receipt_streams.core.deltas import plan_deltas
@@ -28,10 +29,6 @@ from receipt_streams.core.federation import OutboundQueue
 log = logging.getLogger(__name__)
 
 Output = tuple[str, bytes, bytes]  # topic, key, value
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Relay(ABC):

@@ -13,12 +13,15 @@ _EPSILON = 1e-6
 class RateLimiter:
     rate_per_s: float  # 0 disables the limit
     burst: float
+    max_users: int = 100_000  # at this many, idle users' (full) buckets are forgotten
     _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # tokens, at
 
     def check(self, user: str, now_s: float) -> int | None:
         """Take one token; None if allowed, else how many ms until the next token."""
         if self.rate_per_s <= 0:
             return None
+        if len(self._buckets) >= self.max_users and user not in self._buckets:
+            self._forget_idle(now_s)
         tokens, at = self._buckets.get(user, (self.burst, now_s))
         tokens = min(self.burst, tokens + (now_s - at) * self.rate_per_s)
         if tokens >= 1 - _EPSILON:
@@ -26,3 +29,10 @@ class RateLimiter:
             return None
         self._buckets[user] = (tokens, now_s)
         return max(1, math.ceil((1 - tokens) / self.rate_per_s * 1000))
+
+    def _forget_idle(self, now_s: float) -> None:
+        """Drop buckets that have refilled to `burst`: forgetting them changes nothing."""
+        full_after = self.burst / self.rate_per_s
+        self._buckets = {
+            u: (t, at) for u, (t, at) in self._buckets.items() if now_s - at < full_after
+        }

@@ -66,3 +66,14 @@ def test_users_are_isolated() -> None:
 def test_rate_zero_disables(rate: float) -> None:
     limiter = RateLimiter(rate_per_s=rate, burst=1)
     assert all(limiter.check(U, 0.0) is None for _ in range(1000))
+
+
+def test_idle_users_are_forgotten_without_changing_any_answer() -> None:
+    from receipt_streams.core.ratelimit import RateLimiter
+
+    limiter = RateLimiter(rate_per_s=10, burst=2, max_users=3)
+    for n in range(3):
+        assert limiter.check(f"@idle{n}:hs", 0.0) is None
+    assert limiter.check("@busy:hs", 10.0) is None  # idle buckets are full again by now
+    assert set(limiter._buckets) == {"@busy:hs"}
+    assert limiter.check("@idle0:hs", 10.0) is None  # a forgotten user starts with a full burst
