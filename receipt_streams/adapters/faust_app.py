@@ -143,10 +143,15 @@ def create_app(s: Settings) -> faust.App:
     async def fold(stream: Any) -> None:
         async for event in stream.events():
             msg = event.message
-            if msg.topic == s.topic_ticks:
+            tick = msg.topic == s.topic_ticks
+            if tick:
                 await forget_released(msg.partition)
             source = "federation" if msg.topic == s.topic_federation_in else "client"
             await carry_out(guarded(handlers[msg.topic], msg), source)
+            if tick:
+                # Expired receipts are forgotten at once (after their DLQ records are
+                # durable): a release before the next tick must not fold them as well.
+                await forget_released(msg.partition)
 
     @app.agent(federation, concurrency=1)
     async def split_federation(stream: Any) -> None:
