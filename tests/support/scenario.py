@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from tests.support.worker import TopicReader
 
 SENTINEL = "@sentinel:hs1"
@@ -146,8 +148,6 @@ async def deltas_until_sentinel(
 
 
 def _values(records: list[Any]) -> list[dict]:
-    import orjson
-
     return [orjson.loads(m.value) for m in records]
 
 
