@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -107,7 +106,3 @@ async def record_times(bootstrap: str, topics: Sequence[str], first: bool) -> fl
         return min(stamps) if first else max(stamps)
     finally:
         await consumer.stop()
-
-
-def now() -> float:
-    return time.time()
