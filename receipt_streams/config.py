@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,7 +26,8 @@ class Settings(BaseSettings):
     )
     app_id: str = Field(
         "receipt-streams",
-        description="Faust app id: the consumer group, and the prefix of the changelog topics.",
+        description="The fold's consumer group, and the prefix of the changelog and "
+        "internal topics.",
     )
     server_name: str = Field(
         "localhost",
@@ -54,9 +56,24 @@ class Settings(BaseSettings):
     replication_factor: int = Field(1, ge=1)
     create_topics: bool = Field(True, description="Create missing topics at start.")
 
+    engine: Literal["batch", "faust"] = Field(
+        "batch",
+        description="The fold: `batch` (aiokafka, a batch at a time) or `faust` "
+        "(a Faust agent, an event at a time; slower, see Performance).",
+    )
+    fold_batch_records: int = Field(
+        5000, ge=1, description="Most input records the batch fold takes at once."
+    )
+    input_idle_ms: int = Field(
+        500,
+        ge=0,
+        description="How long a partition's fold waits for one of its topics that has "
+        "records on the broker not fetched yet, to keep timestamp order across topics.",
+    )
     store_url: str = Field(
         "rocksdb://",
-        description="Faust table store: rocksdb:// in production, memory:// for tests.",
+        description="Faust table store (engine faust): rocksdb:// in production, "
+        "memory:// for tests.",
     )
     data_dir: Path = Field(Path(".local/worker"), description="Local table state (RocksDB).")
     web_host: str = Field("127.0.0.1", description="Address of the HTTP API.")

@@ -8,7 +8,6 @@ is idempotent to apply.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -21,6 +20,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from receipt_streams.adapters import metrics
 from receipt_streams.adapters.clock import now_ms
+from receipt_streams.adapters.sending import send_all
 from receipt_streams.adapters.supervise import supervise
 from receipt_streams.config import Settings
 from receipt_streams.core.deltas import plan_deltas
@@ -103,8 +103,7 @@ class Relay(ABC):
             got = await consumer.getmany(timeout_ms=max(1, int(left * 1000)))
 
     async def _send(self, producer: AIOKafkaProducer, outputs: list[Output]) -> None:
-        acks = [await producer.send(topic, value, key=key) for topic, key, value in outputs]
-        await asyncio.gather(*acks)
+        await send_all(producer, ((topic, key, value, None) for topic, key, value in outputs))
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
         positions = self.positions()

@@ -146,7 +146,8 @@ async def passthrough(bootstrap: str, topics: list[str], total: int, out_topic: 
 
 
 async def bench_fold(b: Bench, receipts: int) -> dict[str, Any]:
-    s = b.settings()
+    # The table worker as deployed beside `receipt-streams api` processes: no /sync view.
+    s = b.settings(serve_api=False)
     work = Workload(WorkloadSpec(receipts=receipts, seed=b.seed), LOCAL)
     await ensure_topics(s)
     setup = _setup_records(s, work)

@@ -1,15 +1,20 @@
-"""`receipt-streams worker`: provision topics, guard local state, run the Faust worker."""
+"""`receipt-streams worker`: provision topics, then run the fold, the relays and the API.
+
+The fold is the batch engine (aiokafka) unless RECEIPT_STREAMS_ENGINE=faust.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import logging.config
+import signal
 
-import faust
-
-from receipt_streams.adapters.faust_app import create_app
-from receipt_streams.adapters.state_guard import StateGuard
+from receipt_streams.adapters.auth import verifier_for
+from receipt_streams.adapters.fold_engine import FoldEngine
+from receipt_streams.adapters.http_api import Api, serving
+from receipt_streams.adapters.relay import DeltaRelay, EduRelay
+from receipt_streams.adapters.sync_feed import SyncFeed
 from receipt_streams.adapters.topics import ensure_topics
 from receipt_streams.config import Settings
 from receipt_streams.logs import logging_config
@@ -17,9 +22,50 @@ from receipt_streams.logs import logging_config
 log = logging.getLogger(__name__)
 
 
-def run_worker(s: Settings) -> int:
-    config = logging_config(s.log_level, s.log_json)
-    logging.config.dictConfig(config)
+def _starting(s: Settings) -> None:
+    log.info(
+        "worker starting",
+        extra={
+            "engine": s.engine,
+            "bootstrap": s.bootstrap_servers,
+            "app_id": s.app_id,
+            "partitions": s.partitions,
+            "web_port": s.web_port,
+        },
+    )
+
+
+async def serve(s: Settings) -> None:
+    """The batch fold, both relays and the HTTP API in one event loop, until SIGINT/SIGTERM.
+    Stopping may cut a batch short: it is replayed from the last commit at the next start."""
+    if s.create_topics:
+        await ensure_topics(s)
+    engine = FoldEngine(s)
+    feed = SyncFeed(s)
+    api = Api(s, feed, verifier_for(s), ready=engine.ready, client=s.serve_api)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    _starting(s)
+    async with serving(api, s):
+        loops = [engine.run_forever(), DeltaRelay(s).run_forever(), EduRelay(s).run_forever()]
+        if s.serve_api:
+            loops.append(feed.run_forever())
+        tasks = [asyncio.create_task(c) for c in loops]
+        await stop.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    log.info("worker stopped")
+
+
+def run_faust_worker(s: Settings, config: dict[str, object]) -> int:
+    import faust
+
+    from receipt_streams.adapters.faust_app import create_app
+    from receipt_streams.adapters.state_guard import StateGuard
+
     if s.create_topics:
         asyncio.run(ensure_topics(s))
     asyncio.set_event_loop(asyncio.new_event_loop())
@@ -29,15 +75,7 @@ def run_worker(s: Settings) -> int:
     worker = faust.Worker(
         app, loglevel=s.log_level, logging_config=config, quiet=True, redirect_stdouts=False
     )
-    log.info(
-        "worker starting",
-        extra={
-            "bootstrap": s.bootstrap_servers,
-            "app_id": s.app_id,
-            "partitions": s.partitions,
-            "web_port": s.web_port,
-        },
-    )
+    _starting(s)
     code: int = 1
     try:
         worker.execute_from_commandline()
@@ -46,3 +84,12 @@ def run_worker(s: Settings) -> int:
     if code == 0 and app.crash_reason is None:
         guard.close_clean()
     return code
+
+
+def run_worker(s: Settings) -> int:
+    config = logging_config(s.log_level, s.log_json)
+    logging.config.dictConfig(config)
+    if s.engine == "faust":
+        return run_faust_worker(s, config)
+    asyncio.run(serve(s))
+    return 0

@@ -25,9 +25,13 @@ pytestmark = pytest.mark.broker
 A, B, C, D = "@a:hs1", "@b:hs1", "@c:hs1", "@d:hs1"
 
 
-@pytest.fixture
-def worker(kafka_bootstrap: str, tmp_path: Path) -> Iterator[WorkerProcess]:
-    w = WorkerProcess(worker_settings(kafka_bootstrap, tmp_path), tmp_path / "worker.log")
+@pytest.fixture(params=["batch", "faust"])
+def worker(
+    kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[WorkerProcess]:
+    """Both fold engines must give the same deltas, DLQ records and held-receipt outcomes."""
+    s = worker_settings(kafka_bootstrap, tmp_path, engine=request.param)
+    w = WorkerProcess(s, tmp_path / "worker.log")
     try:
         w.start().wait_ready()
         yield w

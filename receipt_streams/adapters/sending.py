@@ -1,0 +1,62 @@
+"""Send many records and wait for all of them: a batch per topic partition, not a future per
+record (per-record `send` was a tenth of the fold's time in the profile)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2
+
+Output = tuple[str, bytes | None, bytes | None, int | None]  # topic, key, value, partition
+
+
+def partition_of(key: bytes | None, count: int) -> int:
+    """The partition the Java client and aiokafka's default partitioner pick for a key, so
+    records sent here land where records sent with `producer.send(key=...)` do."""
+    if key is None:
+        return random.randrange(count)
+    return (murmur2(key) & 0x7FFFFFFF) % count
+
+
+async def send_all(
+    producer: AIOKafkaProducer, outputs: Iterable[Output]
+) -> dict[tuple[str, int], int]:
+    """Send `outputs` (in order per topic partition) and wait for every ack. Returns the
+    last offset written per (topic, partition)."""
+    counts: dict[str, int] = {}
+    by_tp: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
+    for topic, key, value, partition in outputs:
+        if partition is None:
+            if topic not in counts:
+                counts[topic] = len(await producer.partitions_for(topic))
+            partition = partition_of(key, counts[topic])
+        by_tp.setdefault((topic, partition), []).append((key, value))
+    pending: list[tuple[Any, int]] = []  # (future, records in its batch)
+    for (topic, partition), records in by_tp.items():
+        batch, n = producer.create_batch(), 0
+        for key, value in records:
+            if batch.append(key=key, value=value, timestamp=None) is not None:
+                n += 1
+                continue
+            if n:  # full: send it, start the next with this record
+                batch.close()
+                pending.append((await producer.send_batch(batch, topic, partition=partition), n))
+                batch, n = producer.create_batch(), 0
+                if batch.append(key=key, value=value, timestamp=None) is not None:
+                    n = 1
+                    continue
+            # Larger than a whole batch: on its own.
+            pending.append((await producer.send(topic, value, key=key, partition=partition), 1))
+        if n:
+            batch.close()
+            pending.append((await producer.send_batch(batch, topic, partition=partition), n))
+    last: dict[tuple[str, int], int] = {}
+    metas = await asyncio.gather(*(future for future, _ in pending))
+    for meta, (_, n) in zip(metas, pending, strict=True):
+        tp = (meta.topic, meta.partition)
+        last[tp] = max(meta.offset + n - 1, last.get(tp, -1))
+    return last
