@@ -39,18 +39,13 @@ async def send_all(
     for (topic, partition), records in by_tp.items():
         batch, n = producer.create_batch(), 0
         for key, value in records:
-            if batch.append(key=key, value=value, timestamp=None) is not None:
-                n += 1
-                continue
-            if n:  # full: send it, start the next with this record
+            # An empty batch takes any record (a big one goes out alone); a full one says None.
+            if batch.append(key=key, value=value, timestamp=None) is None:
                 batch.close()
                 pending.append((await producer.send_batch(batch, topic, partition=partition), n))
                 batch, n = producer.create_batch(), 0
-                if batch.append(key=key, value=value, timestamp=None) is not None:
-                    n = 1
-                    continue
-            # Larger than a whole batch: on its own.
-            pending.append((await producer.send(topic, value, key=key, partition=partition), 1))
+                batch.append(key=key, value=value, timestamp=None)
+            n += 1
         if n:
             batch.close()
             pending.append((await producer.send_batch(batch, topic, partition=partition), n))

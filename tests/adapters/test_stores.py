@@ -1,0 +1,502 @@
+"""The state backends of the batch fold (`TableStore`: `MemoryStore`, `RocksStore`) and the
+`Overlay` a batch is folded through.
+
+Every store test runs against both backends; `RocksStore` lives in the test's `tmp_path`, and
+the tests that need a restart close it and open the same path again.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from receipt_streams.adapters.stores import (
+    _OFFSET_KEY,
+    MemoryStore,
+    Overlay,
+    RocksStore,
+    TableStore,
+)
+
+BACKENDS = ["memory", "rocks"]
+
+A, B, C, D = b'["a"]', b'["b"]', b'["c"]', b'["d"]'
+
+
+def open_store(backend: str, path: Path) -> TableStore:
+    if backend == "memory":
+        return MemoryStore()
+    return RocksStore(path)
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TableStore]:
+    opened = open_store(request.param, tmp_path / "store")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def rocks_path(tmp_path: Path) -> Path:
+    return tmp_path / "stores" / "receipts-0"
+
+
+def contents(store: TableStore) -> dict[bytes, bytes]:
+    items = list(store.items())
+    as_dict = dict(items)
+    assert len(as_dict) == len(items), f"items() yielded a key twice: {items}"
+    return as_dict
+
+
+# --- TableStore ------------------------------------------------------------------------
+
+
+def test_a_new_store_is_empty_and_has_no_offset(store: TableStore) -> None:
+    assert store.offset is None
+    assert contents(store) == {}
+    assert store.get(A) is None
+
+
+def test_apply_writes_and_records_the_offset(store: TableStore) -> None:
+    store.apply({A: b"1", B: b"2"}, 7)
+
+    assert store.get(A) == b"1"
+    assert store.get(B) == b"2"
+    assert store.get(C) is None
+    assert contents(store) == {A: b"1", B: b"2"}
+    assert store.offset == 7
+
+
+def test_apply_overwrites_and_deletes_with_none(store: TableStore) -> None:
+    store.apply({A: b"1", B: b"2", C: b"3"}, 1)
+    store.apply({A: b"10", B: None, D: b"4"}, 2)
+
+    assert contents(store) == {A: b"10", C: b"3", D: b"4"}
+    assert store.get(B) is None
+    assert store.offset == 2
+
+
+def test_deleting_a_missing_key_is_a_no_op(store: TableStore) -> None:
+    store.apply({A: b"1"}, 3)
+    store.apply({B: None}, 4)
+
+    assert contents(store) == {A: b"1"}
+    assert store.offset == 4
+
+
+def test_apply_without_an_offset_keeps_the_last_one(store: TableStore) -> None:
+    store.apply({A: b"1"}, 5)
+    store.apply({B: b"2"}, None)
+
+    assert contents(store) == {A: b"1", B: b"2"}
+    assert store.offset == 5
+
+
+def test_apply_without_an_offset_on_a_new_store_leaves_it_without_one(store: TableStore) -> None:
+    store.apply({A: b"1"}, None)
+
+    assert store.offset is None
+    assert contents(store) == {A: b"1"}
+
+
+def test_an_empty_batch_can_still_advance_the_offset(store: TableStore) -> None:
+    store.apply({A: b"1"}, 1)
+    store.apply({}, 9)
+
+    assert store.offset == 9
+    assert contents(store) == {A: b"1"}
+
+
+def test_the_offset_stays_when_every_key_is_deleted(store: TableStore) -> None:
+    store.apply({A: b"1"}, 1)
+    store.apply({A: None}, 2)
+
+    assert contents(store) == {}
+    assert store.offset == 2
+
+
+def test_offset_zero_is_an_offset(store: TableStore) -> None:
+    store.apply({A: b"1"}, 0)
+    assert store.offset == 0
+
+
+def test_items_never_yield_the_internal_offset_key(store: TableStore) -> None:
+    store.apply({A: b"1", B: b"2"}, 12)
+    store.apply({B: None}, 13)
+
+    keys = [key for key, _ in store.items()]
+    assert _OFFSET_KEY not in keys
+    assert keys == [A]
+
+
+def test_empty_and_binary_values_round_trip(store: TableStore) -> None:
+    binary = bytes(range(256))
+    store.apply({A: b"", B: binary}, 1)
+
+    assert store.get(A) == b""
+    assert store.get(B) == binary
+    assert contents(store) == {A: b"", B: binary}
+
+
+def test_rocks_store_keeps_data_and_offset_across_close_and_reopen(rocks_path: Path) -> None:
+    first = RocksStore(rocks_path)
+    first.apply({A: b"1", B: b"2", C: b"3"}, 41)
+    first.apply({B: None, C: b"30"}, 42)
+    first.close()
+
+    again = RocksStore(rocks_path)
+    try:
+        assert again.offset == 42
+        assert contents(again) == {A: b"1", C: b"30"}
+        assert again.get(B) is None
+    finally:
+        again.close()
+
+
+def test_rocks_store_reopened_without_any_offset_still_has_none(rocks_path: Path) -> None:
+    first = RocksStore(rocks_path)
+    assert first.offset is None
+    first.apply({A: b"1"}, None)
+    first.close()
+
+    again = RocksStore(rocks_path)
+    try:
+        assert again.offset is None
+        assert contents(again) == {A: b"1"}
+    finally:
+        again.close()
+
+
+def test_rocks_store_reopens_large_offsets_exactly(rocks_path: Path) -> None:
+    first = RocksStore(rocks_path)
+    first.apply({A: b"1"}, 2**62 + 3)
+    first.close()
+
+    again = RocksStore(rocks_path)
+    try:
+        assert again.offset == 2**62 + 3
+    finally:
+        again.close()
+
+
+class _Exploding(Mapping[bytes, bytes | None]):
+    """Writes whose iteration fails part-way, after some puts and deletes were read."""
+
+    def __init__(self, first: dict[bytes, bytes | None]) -> None:
+        self.first = first
+
+    def __getitem__(self, key: bytes) -> bytes | None:
+        return self.first[key]
+
+    def __len__(self) -> int:
+        return len(self.first) + 1
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.first
+        raise RuntimeError("boom")
+
+
+def test_rocks_store_apply_is_all_or_nothing(rocks_path: Path) -> None:
+    """A batch that fails while it is being built writes neither data nor offset: the data and
+    the changelog offset go to RocksDB in one write batch."""
+    first = RocksStore(rocks_path)
+    first.apply({A: b"1", B: b"2"}, 10)
+    with pytest.raises(RuntimeError, match="boom"):
+        first.apply(_Exploding({A: b"changed", B: None, C: b"new"}), 11)
+
+    assert first.offset == 10
+    assert contents(first) == {A: b"1", B: b"2"}
+    first.close()
+
+    again = RocksStore(rocks_path)
+    try:
+        assert again.offset == 10
+        assert contents(again) == {A: b"1", B: b"2"}
+    finally:
+        again.close()
+
+
+def test_rocks_store_destroy_removes_everything(rocks_path: Path) -> None:
+    first = RocksStore(rocks_path)
+    first.apply({A: b"1"}, 3)
+    first.close()
+
+    RocksStore.destroy(rocks_path)
+    assert not rocks_path.exists()
+    RocksStore.destroy(rocks_path)  # destroying what is gone is fine
+
+    again = RocksStore(rocks_path)
+    try:
+        assert again.offset is None
+        assert contents(again) == {}
+    finally:
+        again.close()
+
+
+# --- Overlay ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def seeded(store: TableStore) -> TableStore:
+    store.apply({A: b"1", B: b"2"}, 5)
+    return store
+
+
+def test_overlay_reads_the_store_through(seeded: TableStore) -> None:
+    view = Overlay(seeded)
+
+    assert view[A] == b"1"
+    assert view.get(B) == b"2"
+    assert view.get(C) is None
+    assert view.get(C, b"dflt") == b"dflt"
+    with pytest.raises(KeyError):
+        view[C]
+    assert view.pending == {}
+
+
+def test_overlay_reads_its_pending_writes_first(seeded: TableStore) -> None:
+    view = Overlay(seeded)
+    view[A] = b"new"
+    view[C] = b"3"
+
+    assert view[A] == b"new"
+    assert view.get(A, b"dflt") == b"new"
+    assert view[C] == b"3"
+    # Nothing reaches the store before take() + apply().
+    assert seeded.get(A) == b"1"
+    assert seeded.get(C) is None
+
+
+def test_overlay_hides_deleted_keys(seeded: TableStore) -> None:
+    view = Overlay(seeded)
+    del view[A]
+
+    assert A not in view
+    assert view.get(A) is None
+    assert view.get(A, b"dflt") == b"dflt"
+    with pytest.raises(KeyError):
+        view[A]
+    assert seeded.get(A) == b"1"
+    assert view.pending == {A: None}
+
+
+def test_overlay_set_after_delete_shows_the_new_value(seeded: TableStore) -> None:
+    view = Overlay(seeded)
+    del view[A]
+    view[A] = b"again"
+
+    assert view[A] == b"again"
+    assert A in view
+    assert dict(view.items()) == {A: b"again", B: b"2"}
+
+
+def test_overlay_contains(seeded: TableStore) -> None:
+    view = Overlay(seeded)
+    view[C] = b"3"
+    del view[B]
+
+    assert A in view  # store only
+    assert C in view  # pending only
+    assert B not in view  # deleted
+    assert D not in view  # nowhere
+    assert "a" not in view  # not bytes
+    assert 1 not in view
+
+
+def test_overlay_del_of_a_missing_key_raises_key_error(seeded: TableStore) -> None:
+    view = Overlay(seeded)
+    with pytest.raises(KeyError):
+        del view[C]
+    assert view.pending == {}  # a failed delete records nothing
+
+    del view[A]
+    with pytest.raises(KeyError):
+        del view[A]  # already deleted in this batch
+    assert view.pending == {A: None}
+
+
+def test_overlay_del_of_a_pending_only_key(seeded: TableStore) -> None:
+    view = Overlay(seeded)
+    view[C] = b"3"
+    del view[C]
+
+    assert C not in view
+    assert view.pending == {C: None}
+    assert dict(view) == {A: b"1", B: b"2"}
+
+
+def test_overlay_len_iteration_and_items_merge_store_and_pending(seeded: TableStore) -> None:
+    seeded.apply({C: b"3"}, 6)
+    view = Overlay(seeded)
+    view[A] = b"10"  # overwrite a stored key
+    del view[B]  # delete a stored key
+    view[D] = b"4"  # new key
+    view[b'["e"]'] = b"5"
+    del view[b'["e"]']  # new, then deleted in the same batch
+
+    expected = {A: b"10", C: b"3", D: b"4"}
+    items = list(view.items())
+    assert dict(items) == expected
+    assert len(items) == len(expected)  # every key once
+    assert len(view) == 3
+    assert sorted(view) == sorted(expected)
+    assert sorted(view.keys()) == sorted(expected)
+    assert sorted(view.values()) == sorted(expected.values())
+    assert dict(view) == expected
+    assert view == expected  # Mapping equality
+
+
+def test_overlay_of_an_empty_store(store: TableStore) -> None:
+    view = Overlay(store)
+    assert len(view) == 0
+    assert list(view) == []
+
+    view[A] = b"1"
+    assert len(view) == 1
+    assert list(view.items()) == [(A, b"1")]
+
+
+def test_overlay_mutable_mapping_helpers(seeded: TableStore) -> None:
+    view = Overlay(seeded)
+    assert view.pop(A) == b"1"
+    assert view.pop(A, None) is None
+    assert view.setdefault(B, b"other") == b"2"
+    assert view.setdefault(C, b"3") == b"3"
+    view.update({D: b"4"})
+
+    assert dict(view) == {B: b"2", C: b"3", D: b"4"}
+    assert view.pending == {A: None, C: b"3", D: b"4"}
+
+
+def test_take_hands_over_pending_writes_in_first_write_order(seeded: TableStore) -> None:
+    view = Overlay(seeded)
+    view[C] = b"3"
+    del view[A]
+    view[D] = b"4"
+    view[C] = b"30"  # rewrite: keeps its first position
+    view[A] = b"back"  # set after delete: keeps the delete's position
+
+    writes = view.take()
+
+    assert list(writes.items()) == [(C, b"30"), (A, b"back"), (D, b"4")]
+    assert view.pending == {}
+    # A new batch: reads go to the store again, which has not changed yet.
+    assert view[A] == b"1"
+    assert C not in view
+    assert view.take() == {}
+
+
+def test_take_returns_deletes_as_none_and_apply_makes_them_stick(seeded: TableStore) -> None:
+    view = Overlay(seeded)
+    del view[A]
+    view[C] = b"3"
+
+    writes = view.take()
+    assert writes == {A: None, C: b"3"}
+
+    seeded.apply(writes, 6)
+    assert contents(seeded) == {B: b"2", C: b"3"}
+    assert dict(view) == {B: b"2", C: b"3"}
+    assert seeded.offset == 6
+
+
+def test_take_hands_over_a_dict_the_overlay_no_longer_touches(seeded: TableStore) -> None:
+    view = Overlay(seeded)
+    view[C] = b"3"
+    writes = view.take()
+    view[D] = b"4"
+
+    assert writes == {C: b"3"}
+    assert view.pending == {D: b"4"}
+
+
+# --- property: an overlay folded into its store is a dict -------------------------------
+
+_KEYS = st.one_of(
+    st.sampled_from([A, B, C, D, b'["e"]', b""]),
+    st.binary(max_size=6),  # shorter than the offset key, so never equal to it
+)
+_VALUES = st.binary(max_size=12)
+_OP = st.one_of(
+    st.tuples(st.just("set"), _KEYS, _VALUES),
+    st.tuples(st.just("del"), _KEYS, st.none()),
+)
+_BATCHES = st.lists(st.lists(_OP, max_size=25), min_size=1, max_size=5)
+
+
+def _check_fold(
+    make_store: Callable[[], TableStore],
+    initial: dict[bytes, bytes],
+    batches: list[list[tuple[str, bytes, bytes | None]]],
+) -> None:
+    store = make_store()
+    try:
+        store.apply(initial, 0)
+        model = dict(initial)
+        view = Overlay(store)
+        for number, batch in enumerate(batches, start=1):
+            for op, key, value in batch:
+                if op == "set":
+                    assert value is not None
+                    view[key] = value
+                    model[key] = value
+                elif key in model:
+                    del view[key]
+                    del model[key]
+                else:
+                    with pytest.raises(KeyError):
+                        del view[key]
+                # The overlay reads like the dict at every step.
+                assert view.get(key) == model.get(key)
+                assert (key in view) == (key in model)
+            assert dict(view.items()) == model
+            assert len(view) == len(model)
+
+            store.apply(view.take(), number)
+
+            assert view.pending == {}
+            assert contents(store) == model
+            assert store.offset == number
+            for _, key, _ in batch:
+                assert store.get(key) == model.get(key)
+    finally:
+        store.close()
+
+
+@settings(max_examples=150, deadline=None)
+@given(initial=st.dictionaries(_KEYS, _VALUES, max_size=8), batches=_BATCHES)
+def test_applying_take_to_a_memory_store_matches_a_dict(
+    initial: dict[bytes, bytes], batches: list[list[tuple[str, bytes, bytes | None]]]
+) -> None:
+    _check_fold(MemoryStore, initial, batches)
+
+
+@settings(max_examples=100, deadline=None)
+@given(initial=st.dictionaries(_KEYS, _VALUES, max_size=8), batches=_BATCHES)
+def test_applying_take_to_a_rocks_store_matches_a_dict(
+    initial: dict[bytes, bytes], batches: list[list[tuple[str, bytes, bytes | None]]]
+) -> None:
+    with tempfile.TemporaryDirectory(prefix="rocks-prop-") as tmp:
+        path = Path(tmp) / "store"
+        _check_fold(lambda: RocksStore(path), initial, batches)
+
+        # And what was folded in survives a reopen.
+        model = dict(initial)
+        for batch in batches:
+            for op, key, value in batch:
+                if op == "set":
+                    assert value is not None
+                    model[key] = value
+                else:
+                    model.pop(key, None)
+        again = RocksStore(path)
+        try:
+            assert contents(again) == model
+            assert again.offset == len(batches)
+        finally:
+            again.close()
