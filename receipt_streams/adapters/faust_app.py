@@ -17,25 +17,21 @@ import faust
 from receipt_streams.adapters import metrics
 from receipt_streams.adapters.auth import verifier_for
 from receipt_streams.adapters.clock import now_ms
+from receipt_streams.adapters.effects import count, guarded, limits_of
 from receipt_streams.adapters.http_api import Api, serving
 from receipt_streams.adapters.relay import DeltaRelay, EduRelay
 from receipt_streams.adapters.sync_feed import SyncFeed
 from receipt_streams.config import Settings
 from receipt_streams.core.dlq import Source
-from receipt_streams.core.parsing import Rejection
 from receipt_streams.core.processor import (
     FEDERATION_IN,
     FEDERATION_OUT,
     Effect,
     Emit,
-    Folded,
-    Held,
     HeldRemoval,
-    Limits,
     Processor,
     SendDlq,
 )
-from receipt_streams.core.reasons import Reason
 
 log = logging.getLogger(__name__)
 
@@ -73,17 +69,7 @@ def create_app(s: Settings) -> faust.App:
         name: app.Table(name, partitions=n, key_type=bytes, value_type=bytes)
         for name in ("receipts", "room_state", "held")
     }
-    processor = Processor(
-        tables["receipts"],
-        tables["room_state"],
-        tables["held"],
-        Limits(
-            server_name=s.server_name,
-            grace_ms=int(s.grace_period_s * 1000),
-            max_record_bytes=s.max_record_bytes,
-            held_per_dep=s.held_per_dep,
-        ),
-    )
+    processor = Processor(tables["receipts"], tables["room_state"], tables["held"], limits_of(s))
     handlers = {
         s.topic_client: processor.client_receipt,
         s.topic_membership: processor.membership,
@@ -98,17 +84,13 @@ def create_app(s: Settings) -> faust.App:
 
     async def carry_out(effects: list[Effect], source: str) -> None:
         for effect in effects:
+            count(effect, source)
             if isinstance(effect, SendDlq):
-                metrics.REJECTED.labels(str(effect.reason)).inc()
                 # force: send now, not as an "attachment" published one by one at the next
                 # commit; faust flushes the producer before committing, so nothing is lost.
                 await dlq.send(key=effect.topic.encode(), value=effect.record, force=True)
             elif isinstance(effect, Emit):
                 await streams[effect.stream].send(key=effect.key, value=effect.value, force=True)
-            elif isinstance(effect, Folded):
-                metrics.RECEIPTS.labels(source, effect.outcome.value).inc()
-            elif isinstance(effect, Held):
-                metrics.HELD.labels(effect.waiting_for).inc()
             elif isinstance(effect, HeldRemoval):
                 forget.setdefault(effect.partition, []).append(effect)
 
@@ -120,19 +102,9 @@ def create_app(s: Settings) -> faust.App:
             for removal in removals:
                 processor.held.remove(removal.key, removal.records)
 
-    def guarded(handler: Any, msg: Any) -> list[Effect]:
-        """Run one record through the core; a bug must not stop the stream: park it."""
+    def run(handler: Any, msg: Any) -> list[Effect]:
         metrics.INPUTS.labels(msg.topic).inc()
-        now = now_ms()
-        src = Source(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
-        try:
-            return handler(src, now)
-        except Exception as exc:
-            log.exception(
-                "record failed",
-                extra={"topic": msg.topic, "offset": msg.offset, "partition": msg.partition},
-            )
-            return [processor.reject(src, Rejection(Reason.INTERNAL_ERROR, repr(exc)), now)]
+        return guarded(processor, handler, msg, now_ms())
 
     def tick(src: Source, now: int) -> list[Effect]:
         return processor.tick(src.partition, now)
@@ -147,7 +119,7 @@ def create_app(s: Settings) -> faust.App:
             if tick:
                 await forget_released(msg.partition)
             source = "federation" if msg.topic == s.topic_federation_in else "client"
-            await carry_out(guarded(handlers[msg.topic], msg), source)
+            await carry_out(run(handlers[msg.topic], msg), source)
             if tick:
                 # Expired receipts are forgotten at once (after their DLQ records are
                 # durable): a release before the next tick must not fold them as well.
@@ -157,7 +129,7 @@ def create_app(s: Settings) -> faust.App:
     async def split_federation(stream: Any) -> None:
         """Inbound EDUs are keyed by origin: split them and route each entry to its room."""
         async for event in stream.events():
-            await carry_out(guarded(processor.federation_edu, event.message), "federation")
+            await carry_out(run(processor.federation_edu, event.message), "federation")
 
     @app.timer(5.0)
     async def fold_lag() -> None:

@@ -36,26 +36,23 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from receipt_streams.adapters import metrics
 from receipt_streams.adapters.clock import now_ms
+from receipt_streams.adapters.effects import count, guarded, limits_of
 from receipt_streams.adapters.ordering import InputBuffers
 from receipt_streams.adapters.sending import Output, send_all
 from receipt_streams.adapters.stores import MemoryStore, Overlay, RocksStore, TableStore
 from receipt_streams.adapters.supervise import supervise
 from receipt_streams.config import Settings
 from receipt_streams.core.dlq import Source
-from receipt_streams.core.parsing import Rejection
 from receipt_streams.core.processor import (
     FEDERATION_IN,
     FEDERATION_OUT,
     Effect,
     Emit,
-    Folded,
-    Held,
     HeldRemoval,
     Limits,
     Processor,
     SendDlq,
 )
-from receipt_streams.core.reasons import Reason
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +66,6 @@ def rocks_backend(root: Path) -> Backend:
 
 def memory_backend() -> Backend:
     return lambda table, partition: MemoryStore()
-
-
-def limits_of(s: Settings) -> Limits:
-    return Limits(
-        server_name=s.server_name,
-        grace_ms=int(s.grace_period_s * 1000),
-        max_record_bytes=s.max_record_bytes,
-        held_per_dep=s.held_per_dep,
-    )
 
 
 class Partition:
@@ -346,13 +334,14 @@ class FoldEngine:
         outputs: list[Output] = []
         for record in federation:  # keyed by origin: split, route each entry to its room
             metrics.INPUTS.labels(record.topic).inc()
-            effects = self._guarded(self.splitter.federation_edu, record, now)
+            effects = guarded(self.splitter, self.splitter.federation_edu, record, now)
             self._carry_out(None, effects, "federation", outputs)
         for p, records in partitions.items():
             part = self.parts[p]
             for record in records:
                 metrics.INPUTS.labels(record.topic).inc()
-                effects = self._guarded(partial(self.handlers[record.topic], part), record, now)
+                handler = partial(self.handlers[record.topic], part)
+                effects = guarded(part.processor, handler, record, now)
                 source = "federation" if record.topic == self.s.topic_federation_in else "client"
                 self._carry_out(part, effects, source, outputs)
         return outputs
@@ -369,33 +358,15 @@ class FoldEngine:
                 out.extend((topic, k, v, part.number) for k, v in view.pending.items())
         return first, held
 
-    def _guarded(
-        self, handler: Callable[[Source, int], list[Effect]], msg: Any, now: int
-    ) -> list[Effect]:
-        """Run one record through the core; a bug must not stop the stream: park it."""
-        src = Source(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
-        try:
-            return handler(src, now)
-        except Exception as exc:
-            log.exception(
-                "record failed",
-                extra={"topic": msg.topic, "offset": msg.offset, "partition": msg.partition},
-            )
-            return [self.splitter.reject(src, Rejection(Reason.INTERNAL_ERROR, repr(exc)), now)]
-
     def _carry_out(
         self, part: Partition | None, effects: list[Effect], source: str, outputs: list[Output]
     ) -> None:
         for effect in effects:
+            count(effect, source)
             if isinstance(effect, SendDlq):
-                metrics.REJECTED.labels(str(effect.reason)).inc()
                 outputs.append((self.s.topic_dlq, effect.topic.encode(), effect.record, None))
             elif isinstance(effect, Emit):
                 outputs.append((self.streams[effect.stream], effect.key, effect.value, None))
-            elif isinstance(effect, Folded):
-                metrics.RECEIPTS.labels(source, effect.outcome.value).inc()
-            elif isinstance(effect, Held):
-                metrics.HELD.labels(effect.waiting_for).inc()
             elif isinstance(effect, HeldRemoval) and part is not None:
                 # In the overlay at once, so the rest of the batch sees it; on the changelog
                 # only after everything the held records became is acknowledged.

@@ -1,0 +1,51 @@
+"""What both fold engines do around the core: its limits from the settings, one record run
+through a handler without letting a bug stop the stream, and the metrics of an effect."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from receipt_streams.adapters import metrics
+from receipt_streams.config import Settings
+from receipt_streams.core.dlq import Source
+from receipt_streams.core.parsing import Rejection
+from receipt_streams.core.processor import Effect, Folded, Held, Limits, Processor, SendDlq
+from receipt_streams.core.reasons import Reason
+
+log = logging.getLogger(__name__)
+
+
+def limits_of(s: Settings) -> Limits:
+    return Limits(
+        server_name=s.server_name,
+        grace_ms=int(s.grace_period_s * 1000),
+        max_record_bytes=s.max_record_bytes,
+        held_per_dep=s.held_per_dep,
+    )
+
+
+def guarded(
+    processor: Processor, handler: Callable[[Source, int], list[Effect]], msg: Any, now: int
+) -> list[Effect]:
+    """Run one record (anything with topic, partition, offset, key, value) through the core;
+    a bug must not stop the stream: the record is parked in the DLQ as `internal_error`."""
+    src = Source(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
+    try:
+        return handler(src, now)
+    except Exception as exc:
+        log.exception(
+            "record failed",
+            extra={"topic": msg.topic, "offset": msg.offset, "partition": msg.partition},
+        )
+        return [processor.reject(src, Rejection(Reason.INTERNAL_ERROR, repr(exc)), now)]
+
+
+def count(effect: Effect, source: str) -> None:
+    if isinstance(effect, SendDlq):
+        metrics.REJECTED.labels(str(effect.reason)).inc()
+    elif isinstance(effect, Folded):
+        metrics.RECEIPTS.labels(source, effect.outcome.value).inc()
+    elif isinstance(effect, Held):
+        metrics.HELD.labels(effect.waiting_for).inc()
