@@ -1,10 +1,10 @@
 """The fold of all inputs of one partition, over plain key-value stores.
 
 `Processor` holds the Matrix rules' orchestration: decode, check, hold or fold, release. It
-reads and writes three stores (receipts, room state, held receipts) that are faust tables in
-the worker and dicts in tests, and returns the side effects for the caller to carry out:
-DLQ records to send, and held-store writes that must wait until everything sent before them is
-durable (a held receipt is only forgotten once its outcome is safely in Kafka).
+reads and writes three stores (receipts, room state, held receipts), the worker's state
+stores (or Faust tables) and dicts in tests, and returns the side effects for the caller to
+carry out: DLQ records to send, and held-store writes that must wait until everything sent
+before them is durable (a held receipt is only forgotten once its outcome is safely in Kafka).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Typed access to the stores behind the faust tables (plain mappings of bytes to bytes).
+"""Typed access to the table stores (plain mappings of bytes to bytes).
 
 Room state (membership, server counts, the event index) lives in one store, so one changelog:
 after a crash that store is a prefix of its write sequence; `membership.py` relies on that.
