@@ -39,7 +39,7 @@ from receipt_streams.adapters.clock import now_ms
 from receipt_streams.adapters.effects import count, guarded, limits_of
 from receipt_streams.adapters.ordering import InputBuffers
 from receipt_streams.adapters.sending import Output, send_all
-from receipt_streams.adapters.stores import MemoryStore, Overlay, RocksStore, TableStore
+from receipt_streams.adapters.stores import Overlay, RocksStore, TableStore
 from receipt_streams.adapters.supervise import supervise
 from receipt_streams.config import Settings
 from receipt_streams.core.dlq import Source
@@ -62,10 +62,6 @@ Backend = Callable[[str, int], TableStore]  # (table, partition) -> its store
 
 def rocks_backend(root: Path) -> Backend:
     return lambda table, partition: RocksStore(root / f"{table}-{partition}")
-
-
-def memory_backend() -> Backend:
-    return lambda table, partition: MemoryStore()
 
 
 class Partition:

@@ -170,6 +170,16 @@ async def _send_and_check(
     assert set(last) == expected_tps
 
 
+def small_batch_producer(bootstrap: str) -> AIOKafkaProducer:
+    """Idempotent, acks=all, batches of BATCH_BYTES: every partition gets several batches."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        max_batch_size=BATCH_BYTES,
+    )
+
+
 @pytest.mark.broker
 async def test_send_all_delivers_every_record_once_in_order_where_the_partitioner_would(
     kafka_bootstrap: str, unique_name: str
@@ -177,12 +187,7 @@ async def test_send_all_delivers_every_record_once_in_order_where_the_partitione
     topic = f"{unique_name}-out"
     await _create_topic(kafka_bootstrap, topic, 3)
 
-    producer = AIOKafkaProducer(
-        bootstrap_servers=kafka_bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        max_batch_size=BATCH_BYTES,
-    )
+    producer = small_batch_producer(kafka_bootstrap)
     await producer.start()
     try:
         await _send_and_check(kafka_bootstrap, producer, {topic: 3})
@@ -200,12 +205,7 @@ async def test_send_all_routes_keys_by_each_topics_own_partition_count(
     await _create_topic(kafka_bootstrap, three, 3)
     await _create_topic(kafka_bootstrap, two, 2)
 
-    producer = AIOKafkaProducer(
-        bootstrap_servers=kafka_bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        max_batch_size=BATCH_BYTES,
-    )
+    producer = small_batch_producer(kafka_bootstrap)
     await producer.start()
     try:
         await _send_and_check(kafka_bootstrap, producer, {three: 3, two: 2})
@@ -227,12 +227,7 @@ async def test_send_all_of_nothing_sends_nothing(kafka_bootstrap: str) -> None:
 async def test_send_all_twice_continues_the_offsets(kafka_bootstrap: str, unique_name: str) -> None:
     topic = f"{unique_name}-again"
     await _create_topic(kafka_bootstrap, topic, 3)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=kafka_bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        max_batch_size=BATCH_BYTES,
-    )
+    producer = small_batch_producer(kafka_bootstrap)
     await producer.start()
     try:
         first = await send_all(producer, [(topic, None, b"x%d" % i, 1) for i in range(50)])
