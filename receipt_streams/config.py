@@ -89,6 +89,11 @@ class Settings(BaseSettings):
         description="Serve the client API and /sync view in the "
         "worker; false when `receipt-streams api` processes serve them.",
     )
+    run_relays: bool = Field(
+        True,
+        description="Run the sync-delta and federation-EDU relays in the worker; false "
+        "when `receipt-streams relays` processes run them.",
+    )
     tokens_file: Path | None = Field(
         None,
         description="Static access tokens (JSON object "

@@ -103,7 +103,7 @@ def create_app(s: Settings) -> faust.App:
                 processor.held.remove(removal.key, removal.records)
 
     def run(handler: Any, msg: Any) -> list[Effect]:
-        metrics.INPUTS.labels(msg.topic).inc()
+        metrics.child(metrics.INPUTS, msg.topic).inc()
         return guarded(processor, handler, msg, now_ms())
 
     def tick(src: Source, now: int) -> list[Effect]:
@@ -142,7 +142,7 @@ def create_app(s: Settings) -> faust.App:
         for partition in range(n):
             await ticks.send(key=b"tick", value=stamp, partition=partition)
 
-    relays = [DeltaRelay(s), EduRelay(s)]
+    relays = [DeltaRelay(s), EduRelay(s)] if s.run_relays else []
 
     @app.task
     async def run_relays() -> None:

@@ -80,7 +80,7 @@ def _die_with_parent() -> None:
 class WorkerProcess:
     def __init__(self, settings: Settings, log_path: Path, command: str = "worker") -> None:
         self.settings = settings
-        self.command = command  # "worker", or "api" for a separate API process
+        self.command = command  # "worker", or "api" or "relays" run apart
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0

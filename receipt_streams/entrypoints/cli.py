@@ -21,6 +21,12 @@ def _cmd_api(args: argparse.Namespace) -> int:
     return run_api(Settings())
 
 
+def _cmd_relays(args: argparse.Namespace) -> int:
+    from receipt_streams.entrypoints.relays import run_relays
+
+    return run_relays(Settings())
+
+
 def _cmd_topics(args: argparse.Namespace) -> int:
     from receipt_streams.adapters.topics import ensure_topics
 
@@ -69,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the client API and /sync view alone (no tables), "
         "beside workers started with RECEIPT_STREAMS_SERVE_API=false",
     ).set_defaults(func=_cmd_api)
+    sub.add_parser(
+        "relays",
+        help="run the sync-delta and federation-EDU relays alone (no tables), "
+        "beside workers started with RECEIPT_STREAMS_RUN_RELAYS=false",
+    ).set_defaults(func=_cmd_relays)
     sub.add_parser("topics", help="create the topics the worker needs").set_defaults(
         func=_cmd_topics
     )

@@ -1,4 +1,5 @@
-"""`receipt-streams worker`: provision topics, then run the fold, the relays and the API.
+"""`receipt-streams worker`: provision topics, then run the fold, the relays and the API
+(the relays and the API can run in processes of their own: `receipt-streams relays`, `api`).
 
 The fold is the batch engine (aiokafka) unless RECEIPT_STREAMS_ENGINE=faust.
 """
@@ -8,15 +9,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import logging.config
-import signal
 
 from receipt_streams.adapters.auth import verifier_for
 from receipt_streams.adapters.fold_engine import FoldEngine
-from receipt_streams.adapters.http_api import Api, serving
+from receipt_streams.adapters.http_api import Api
 from receipt_streams.adapters.relay import DeltaRelay, EduRelay
 from receipt_streams.adapters.sync_feed import SyncFeed
 from receipt_streams.adapters.topics import ensure_topics
 from receipt_streams.config import Settings
+from receipt_streams.entrypoints.running import run_until_stopped
 from receipt_streams.logs import logging_config
 
 log = logging.getLogger(__name__)
@@ -36,28 +37,18 @@ def _starting(s: Settings) -> None:
 
 
 async def serve(s: Settings) -> None:
-    """The batch fold, both relays and the HTTP API in one event loop, until SIGINT/SIGTERM.
-    Stopping may cut a batch short: it is replayed from the last commit at the next start."""
-    if s.create_topics:
-        await ensure_topics(s)
+    """The batch fold, the relays (unless run apart) and the HTTP API in one event loop,
+    until SIGINT/SIGTERM."""
     engine = FoldEngine(s)
     feed = SyncFeed(s)
     api = Api(s, feed, verifier_for(s), ready=engine.ready, client=s.serve_api)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     _starting(s)
-    async with serving(api, s):
-        loops = [engine.run_forever(), DeltaRelay(s).run_forever(), EduRelay(s).run_forever()]
-        if s.serve_api:
-            loops.append(feed.run_forever())
-        tasks = [asyncio.create_task(c) for c in loops]
-        await stop.wait()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    log.info("worker stopped")
+    loops = [engine.run_forever()]
+    if s.run_relays:
+        loops += [DeltaRelay(s).run_forever(), EduRelay(s).run_forever()]
+    if s.serve_api:
+        loops.append(feed.run_forever())
+    await run_until_stopped(s, api, loops, "worker")
 
 
 def run_faust_worker(s: Settings, config: dict[str, object]) -> int:

@@ -13,22 +13,39 @@ import pytest
 
 from tests.support.scenario import Room, pass_barrier, without_barriers
 from tests.support.spec import validate_federation_receipt_edu
-from tests.support.worker import TopicReader, WorkerProcess, produce, worker_settings
+from tests.support.worker import (
+    TopicReader,
+    WorkerProcess,
+    free_port,
+    produce,
+    worker_settings,
+)
 
 pytestmark = pytest.mark.broker
 
 LOCAL_A, LOCAL_B = "@a:hs1", "@b:hs1"
 
 
-@pytest.fixture
-def worker(kafka_bootstrap: str, tmp_path: Path) -> Iterator[WorkerProcess]:
-    w = WorkerProcess(
-        worker_settings(kafka_bootstrap, tmp_path, edu_window_ms=100), tmp_path / "worker.log"
+@pytest.fixture(params=["relays-inline", "relays-apart"])
+def worker(
+    kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[WorkerProcess]:
+    """The relays run in the worker, or in a `receipt-streams relays` process of their own
+    beside a worker started with RECEIPT_STREAMS_RUN_RELAYS=false: the same EDUs either way."""
+    apart = request.param == "relays-apart"
+    s = worker_settings(kafka_bootstrap, tmp_path, edu_window_ms=100, run_relays=not apart)
+    w = WorkerProcess(s, tmp_path / "worker.log")
+    relays = WorkerProcess(
+        s.model_copy(update={"web_port": free_port()}), tmp_path / "relays.log", "relays"
     )
     try:
-        w.start().wait_ready()
+        w.start()
+        if apart:
+            relays.start().wait_ready()
+        w.wait_ready()
         yield w
     finally:
+        relays.stop()
         w.stop()
 
 

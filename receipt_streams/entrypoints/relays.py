@@ -1,0 +1,33 @@
+"""`receipt-streams relays`: the sync-delta and federation-EDU relays in a process of their own.
+
+They read the internal logs the fold writes (the receipts changelog, the outbox) and keep no
+table, so they can run beside the workers on another core or machine (start the workers with
+RECEIPT_STREAMS_RUN_RELAYS=false). Each relay is one consumer group: any number of relays
+processes share the partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging.config
+
+from receipt_streams.adapters.auth import verifier_for
+from receipt_streams.adapters.http_api import Api
+from receipt_streams.adapters.relay import DeltaRelay, EduRelay
+from receipt_streams.adapters.sync_feed import SyncFeed
+from receipt_streams.config import Settings
+from receipt_streams.entrypoints.running import run_until_stopped
+from receipt_streams.logs import logging_config
+
+
+async def serve(s: Settings) -> None:
+    # Only /healthz, /readyz and /metrics: the client API is served elsewhere.
+    api = Api(s, SyncFeed(s), verifier_for(s), ready=lambda: True, client=False)
+    loops = [DeltaRelay(s).run_forever(), EduRelay(s).run_forever()]
+    await run_until_stopped(s, api, loops, "relays")
+
+
+def run_relays(s: Settings) -> int:
+    logging.config.dictConfig(logging_config(s.log_level, s.log_json))
+    asyncio.run(serve(s))
+    return 0

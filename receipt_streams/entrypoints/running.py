@@ -1,0 +1,37 @@
+"""What every long-running command does: serve HTTP, run its loops, stop on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from receipt_streams.adapters.http_api import Api, serving
+from receipt_streams.adapters.topics import ensure_topics
+from receipt_streams.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def run_until_stopped(
+    s: Settings, api: Api, loops: Sequence[Coroutine[Any, Any, None]], name: str
+) -> None:
+    """Create missing topics, then serve `api` and run `loops` until SIGINT or SIGTERM.
+    Whichever process starts first lays the topics out (a consumer must not auto-create one
+    with the broker's default partition count). Stopping may cut a batch short: everything
+    here commits only after its outputs are acknowledged, so the batch is replayed."""
+    if s.create_topics:
+        await ensure_topics(s)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with serving(api, s):
+        tasks = [asyncio.create_task(c) for c in loops]
+        await stop.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    log.info("%s stopped", name)
