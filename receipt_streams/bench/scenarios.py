@@ -146,8 +146,9 @@ async def passthrough(bootstrap: str, topics: list[str], total: int, out_topic: 
 
 
 async def bench_fold(b: Bench, receipts: int) -> dict[str, Any]:
-    # The table worker as deployed beside `receipt-streams api` processes: no /sync view.
-    s = b.settings(serve_api=False)
+    # The table worker as deployed beside `receipt-streams api` and `relays` processes: no
+    # /sync view, and the relays in a process of their own (on the other core).
+    s = b.settings(serve_api=False, run_relays=False)
     work = Workload(WorkloadSpec(receipts=receipts, seed=b.seed), LOCAL)
     await ensure_topics(s)
     setup = _setup_records(s, work)
@@ -160,6 +161,9 @@ async def bench_fold(b: Bench, receipts: int) -> dict[str, Any]:
     )
 
     worker = b.worker(s, "fold").start()
+    relays = WorkerProcess(
+        s.model_copy(update={"web_port": free_port()}), b.workdir / "fold-relays.log", "relays"
+    ).start()
     try:
 
         async def done() -> bool:
@@ -178,6 +182,7 @@ async def bench_fold(b: Bench, receipts: int) -> dict[str, Any]:
         last = await record_times(b.bootstrap, [s.topic_sync, s.topic_edus], first=False)
         ends = await end_offsets(b.bootstrap, [s.topic_sync, s.topic_edus, s.topic_dlq])
     finally:
+        relays.stop()
         worker.stop()
     assert first is not None and last is not None
     fold_s = last - first
