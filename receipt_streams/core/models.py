@@ -32,10 +32,18 @@ def _grammar(check: Any) -> AfterValidator:
     return AfterValidator(run)
 
 
-RoomId = Annotated[str, _grammar(ids.validate_room_id), Field(pattern=r"^!", max_length=255)]
-UserId = Annotated[str, _grammar(ids.validate_user_id), Field(pattern=r"^@", max_length=255)]
-EventId = Annotated[str, _grammar(ids.validate_event_id), Field(pattern=r"^\$", max_length=255)]
-ServerName = Annotated[str, _grammar(ids.validate_server_name), Field(max_length=255)]
+def _documented(**schema: Any) -> Any:
+    # For the JSON Schemas only: the grammar checks the sigil and the length (in bytes, which
+    # is stricter), and constraints after a Python validator would run as Python, per record.
+    return Field(json_schema_extra=schema)
+
+
+RoomId = Annotated[str, _grammar(ids.validate_room_id), _documented(pattern="^!", maxLength=255)]
+UserId = Annotated[str, _grammar(ids.validate_user_id), _documented(pattern="^@", maxLength=255)]
+EventId = Annotated[
+    str, _grammar(ids.validate_event_id), _documented(pattern="^\\$", maxLength=255)
+]
+ServerName = Annotated[str, _grammar(ids.validate_server_name), _documented(maxLength=255)]
 ReceiptType = Literal["m.read", "m.read.private", "m.fully_read"]
 Membership = Literal["join", "leave", "invite", "ban", "knock"]
 StreamPos = Annotated[int, Field(ge=0, le=2**63 - 1)]
