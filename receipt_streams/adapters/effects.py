@@ -44,8 +44,8 @@ def guarded(
 
 def count(effect: Effect, source: str) -> None:
     if isinstance(effect, SendDlq):
-        metrics.REJECTED.labels(str(effect.reason)).inc()
+        metrics.child(metrics.REJECTED, str(effect.reason)).inc()
     elif isinstance(effect, Folded):
-        metrics.RECEIPTS.labels(source, effect.outcome.value).inc()
+        metrics.child(metrics.RECEIPTS, source, effect.outcome.value).inc()
     elif isinstance(effect, Held):
-        metrics.HELD.labels(effect.waiting_for).inc()
+        metrics.child(metrics.HELD, effect.waiting_for).inc()

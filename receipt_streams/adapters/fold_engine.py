@@ -329,13 +329,13 @@ class FoldEngine:
         `changelog_writes`."""
         outputs: list[Output] = []
         for record in federation:  # keyed by origin: split, route each entry to its room
-            metrics.INPUTS.labels(record.topic).inc()
+            metrics.child(metrics.INPUTS, record.topic).inc()
             effects = guarded(self.splitter, self.splitter.federation_edu, record, now)
             self._carry_out(None, effects, "federation", outputs)
         for p, records in partitions.items():
             part = self.parts[p]
             for record in records:
-                metrics.INPUTS.labels(record.topic).inc()
+                metrics.child(metrics.INPUTS, record.topic).inc()
                 handler = partial(self.handlers[record.topic], part)
                 effects = guarded(part.processor, handler, record, now)
                 source = "federation" if record.topic == self.s.topic_federation_in else "client"
