@@ -20,6 +20,7 @@ Writes = Mapping[bytes, bytes | None]  # None: delete (a tombstone on the change
 
 # Table keys are JSON arrays (they start with "["), so this key can never be a table key.
 _OFFSET_KEY = b"\x00changelog-offset"
+_UNSET = object()
 
 
 class TableStore(ABC):
@@ -118,11 +119,10 @@ class Overlay(MutableMapping[bytes, bytes]):
         self.pending: dict[bytes, bytes | None] = {}
 
     def get(self, key: bytes, default: bytes | None = None) -> bytes | None:  # type: ignore[override]
-        if key in self.pending:
-            value = self.pending[key]
-            return default if value is None else value
-        value = self.store.get(key)
-        return default if value is None else value
+        value = self.pending.get(key, _UNSET)
+        if value is _UNSET:
+            value = self.store.get(key)
+        return default if value is None else value  # type: ignore[return-value]
 
     def __getitem__(self, key: bytes) -> bytes:
         value = self.get(key)

@@ -86,14 +86,14 @@ class Limits:
     held_per_dep: int = 1_000
 
 
-def _entry(src: Source, now_ms: int) -> dict[str, Any]:
+def _entry(src: Source, held_at: int) -> dict[str, Any]:
     return {
         "topic": src.topic,
         "partition": src.partition,
         "offset": src.offset,
         "key": src.key.decode("utf-8", "replace") if src.key is not None else None,
         "value": (src.value or b"").decode("utf-8"),
-        "held_at": now_ms,
+        "held_at": held_at,
     }
 
 
@@ -104,10 +104,6 @@ def _source(entry: dict[str, Any]) -> Source:
 
 def record_id(entry: dict[str, Any]) -> RecordId:
     return entry["topic"], entry["partition"], entry["offset"]
-
-
-def _same_record(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return record_id(a) == record_id(b)
 
 
 class Processor:
@@ -134,7 +130,7 @@ class Processor:
         parsed = self._parse(ClientReceipt, src, now_ms)
         if isinstance(parsed, SendDlq):
             return [parsed]
-        return self._try_client(parsed, _entry(src, now_ms), now_ms, expire=False)
+        return self._try_client(parsed, src, now_ms, now_ms, expire=False)
 
     def membership(self, src: Source, now_ms: int) -> list[Effect]:
         change = self._parse(MembershipChange, src, now_ms)
@@ -230,31 +226,32 @@ class Processor:
                 continue
             for entry in due:
                 receipt = ClientReceipt.model_validate_json(entry["value"])
-                effects += self._try_client(receipt, entry, now_ms, expire=True)
+                effects += self._try_client(
+                    receipt, _source(entry), entry["held_at"], now_ms, expire=True
+                )
             effects.append(HeldRemoval(key, partition, frozenset(map(record_id, due))))
         return effects
 
     # --- rules -------------------------------------------------------------------------
 
     def _try_client(
-        self, r: ClientReceipt, entry: dict[str, Any], now_ms: int, *, expire: bool
+        self, r: ClientReceipt, src: Source, held_at: int, now_ms: int, *, expire: bool
     ) -> list[Effect]:
+        """Fold, hold or refuse one client receipt; `src` is its input record, `held_at` when
+        it was first held (now, for a new record)."""
         verdict = check_client_receipt(
             r,
             self.state.member(r.room_id, r.user_id),
             lambda event_id: self.state.event(r.room_id, event_id),
         )
         if isinstance(verdict, Rejection):
-            return [self.reject(_source(entry), verdict, now_ms)]
+            return [self.reject(src, verdict, now_ms)]
         if isinstance(verdict, Hold):
             if expire:
                 why = f"{verdict.dep} not seen within {self.limits.grace_ms} ms"
-                return [
-                    self.reject(
-                        _source(entry), Rejection(expiry_reason(verdict.waiting_for), why), now_ms
-                    )
-                ]
-            return self._hold(r.room_id, verdict, entry, now_ms)
+                expired = Rejection(expiry_reason(verdict.waiting_for), why)
+                return [self.reject(src, expired, now_ms)]
+            return self._hold(r.room_id, verdict, src, held_at, now_ms)
         assert isinstance(verdict, Accept)
         return self._fold(verdict.key, verdict.receipt)
 
@@ -292,15 +289,18 @@ class Processor:
         remote user's receipt (that would federate it again)."""
         return key.receipt_type == "m.read" and server_of(key.user_id) == self.limits.server_name
 
-    def _hold(self, room_id: str, hold: Hold, entry: dict[str, Any], now_ms: int) -> list[Effect]:
+    def _hold(
+        self, room_id: str, hold: Hold, src: Source, held_at: int, now_ms: int
+    ) -> list[Effect]:
         key = HeldReceipts.key(room_id, hold.waiting_for, hold.dep)
         entries = self.held.get(key)
-        if any(_same_record(e, entry) for e in entries):
+        this = (src.topic, src.partition, src.offset)
+        if any(record_id(e) == this for e in entries):
             return [Held(hold.waiting_for)]  # already held before a crash
         if len(entries) >= self.limits.held_per_dep:
             why = f"more than {self.limits.held_per_dep} receipts wait for {hold.dep}"
-            return [self.reject(_source(entry), Rejection(Reason.HELD_OVERFLOW, why), now_ms)]
-        entries.append(entry)
+            return [self.reject(src, Rejection(Reason.HELD_OVERFLOW, why), now_ms)]
+        entries.append(_entry(src, held_at))
         self.held.put(key, entries)
         return [Held(hold.waiting_for)]
 
@@ -311,7 +311,9 @@ class Processor:
         effects: list[Effect] = []
         for entry in entries:
             receipt = ClientReceipt.model_validate_json(entry["value"])
-            effects += self._try_client(receipt, entry, now_ms, expire=False)
+            effects += self._try_client(
+                receipt, _source(entry), entry["held_at"], now_ms, expire=False
+            )
         effects.append(
             HeldRemoval(key, entries[0]["partition"], frozenset(map(record_id, entries)))
         )
