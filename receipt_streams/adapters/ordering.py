@@ -3,9 +3,10 @@
 A receipt must not overtake the join or the event it depends on just because its topic was
 fetched first: in a replay or a backlog it would be held, and past the grace period dropped.
 As Kafka Streams does for a task, the records of a partition's topics are merged by
-timestamp, each topic partition keeping its own order, and a partition waits (at most
-`max_idle_ms`) while one of its topics is known, or not yet known, to have records on the
-broker that are not fetched yet. No Kafka imports: records only need `timestamp` and `offset`.
+timestamp (ties to the topic assigned first), each topic partition keeping its own order,
+and a partition waits (at most `max_idle_ms`) while one of its topics is known, or not yet
+known, to have records on the broker that are not fetched yet. No Kafka imports: records
+only need `timestamp` and `offset`.
 """
 
 from __future__ import annotations
@@ -84,12 +85,19 @@ class InputBuffers:
             return True  # nothing known yet: wait for the broker's answer
         return fetched < end
 
-    def take(self, partition: int, now_ms: int) -> list[Any]:
-        """The records of `partition` that can be folded now, in merge order."""
+    def take(self, partition: int, now_ms: int, limit: int | None = None) -> list[Any]:
+        """The records of `partition` that can be folded now, in merge order: at most
+        `limit` of them (the rest stay buffered, in order, for the next call)."""
         tps = self.inputs.get(partition, [])
         buffers = [self.buffers[tp] for tp in tps]
+        room = limit if limit is not None else float("inf")
         out: list[Any] = []
-        while nonempty := [b for b in buffers if b]:
+        rank = {id(b): i for i, b in enumerate(buffers)}  # ties go to the earlier topic
+
+        def key(b: deque[Any]) -> tuple[int, int]:
+            return b[0].timestamp, rank[id(b)]
+
+        while len(out) < room and (nonempty := [b for b in buffers if b]):
             if len(nonempty) < len(buffers) and any(
                 not self.buffers[tp] and self._may_have_more(tp) for tp in tps
             ):
@@ -99,13 +107,16 @@ class InputBuffers:
             else:
                 self.blocked_since.pop(partition, None)
             if len(nonempty) == 1:
-                out.extend(nonempty[0])
-                nonempty[0].clear()
+                only = nonempty[0]
+                while only and len(out) < room:
+                    out.append(only.popleft())
                 continue
-            # Take from the oldest head while it stays the oldest, then look again.
-            head = min(nonempty, key=lambda b: b[0].timestamp)
-            limit = min(b[0].timestamp for b in nonempty if b is not head)
-            while head and head[0].timestamp <= limit:
+            # Take from the oldest head while it stays the oldest, then look again. Ties are
+            # broken the same way every time, so where a batch is cut never changes the order.
+            head = min(nonempty, key=key)
+            other = key(min((b for b in nonempty if b is not head), key=key))
+            while head and key(head) < other and len(out) < room:
                 out.append(head.popleft())
-        self.blocked_since.pop(partition, None)
+        if not any(buffers):
+            self.blocked_since.pop(partition, None)
         return out

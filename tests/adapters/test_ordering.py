@@ -543,3 +543,47 @@ def test_property_without_enforced_processing_the_merge_never_goes_back_in_time(
     assert stamps(out) == sorted(stamps(out))
     for tp, rs in inputs.items():
         assert only(out, tp) == rs
+
+
+# --- a bounded take ----------------------------------------------------------------------------
+
+
+def test_a_limited_take_returns_the_head_of_the_merge_and_keeps_the_rest() -> None:
+    buffers = make((R, 0), (J, 0))
+    caught_up(buffers, (R, 0), recs((R, 0), [2, 4, 6]))
+    caught_up(buffers, (J, 0), recs((J, 0), [1, 3, 5]))
+    assert stamps(buffers.take(0, now_ms=0, limit=4)) == [1, 2, 3, 4]
+    assert buffers.buffered((R, 0)) == 1 and buffers.buffered((J, 0)) == 1
+    assert stamps(buffers.take(0, now_ms=0, limit=4)) == [5, 6]
+    assert not buffers.pending()
+
+
+def test_a_limited_take_of_a_single_topic_stops_at_the_limit() -> None:
+    buffers = make((R, 0))
+    caught_up(buffers, (R, 0), recs((R, 0), [5, 1, 3]))
+    assert stamps(buffers.take(0, now_ms=0, limit=2)) == [5, 1]
+    assert stamps(buffers.take(0, now_ms=0, limit=2)) == [3]
+
+
+@settings(max_examples=300, deadline=None)
+@given(partition_inputs(), st.integers(min_value=1, max_value=10))
+def test_property_limited_takes_concatenate_to_one_unlimited_take(
+    inputs: dict[Tp, list[Rec]], limit: int
+) -> None:
+    """Taking at most `limit` records at a time gives, batch after batch, exactly the
+    records and the order of one unlimited take: the bound changes batch sizes, not order."""
+    whole, cut = make(*inputs), make(*inputs)
+    for buffers in (whole, cut):
+        for tp, rs in inputs.items():
+            if rs:
+                caught_up(buffers, tp, rs)
+            else:
+                buffers.bound(tp, *span(rs))
+    partition = next(iter(inputs))[1]
+    expected = whole.take(partition, now_ms=0)
+    out: list[Rec] = []
+    while batch := cut.take(partition, now_ms=0, limit=limit):
+        assert len(batch) <= limit
+        out += batch
+    assert out == expected
+    assert not cut.pending()
