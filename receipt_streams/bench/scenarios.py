@@ -25,6 +25,7 @@ from receipt_streams.adapters.topics import ensure_topics
 from receipt_streams.bench.measure import (
     end_offsets,
     group_caught_up,
+    groups_caught_up,
     latency_summary,
     record_times,
 )
@@ -160,24 +161,22 @@ async def bench_fold(b: Bench, receipts: int) -> dict[str, Any]:
         b.bootstrap, inputs, len(setup) + len(rows), s.topic_client + ".passthrough"
     )
 
-    worker = b.worker(s, "fold").start()
+    # The relays first, ready (imports done, groups joining) before the worker starts its
+    # fold, so that their start-up does not take the fold's core.
     relays = WorkerProcess(
         s.model_copy(update={"web_port": free_port()}), b.workdir / "fold-relays.log", "relays"
-    ).start()
+    )
+    worker = b.worker(s, "fold")
+    groups = {
+        s.app_id: inputs,
+        f"{s.app_id}-sync-deltas": [s.changelog_receipts],
+        f"{s.app_id}-federation-edus": [s.topic_outbox],
+    }
     try:
+        relays.start().wait_ready(120)
+        worker.start()
 
-        async def done() -> bool:
-            return (
-                await group_caught_up(b.bootstrap, s.app_id, inputs)
-                and await group_caught_up(
-                    b.bootstrap, f"{s.app_id}-sync-deltas", [s.changelog_receipts]
-                )
-                and await group_caught_up(
-                    b.bootstrap, f"{s.app_id}-federation-edus", [s.topic_outbox]
-                )
-            )
-
-        await _wait(done, 1800, "fold", step=1.0)
+        await _wait(lambda: groups_caught_up(b.bootstrap, groups), 1800, "fold", step=1.0)
         first = await record_times(b.bootstrap, [s.changelog_state], first=True)
         last = await record_times(b.bootstrap, [s.topic_sync, s.topic_edus], first=False)
         ends = await end_offsets(b.bootstrap, [s.topic_sync, s.topic_edus, s.topic_dlq])
