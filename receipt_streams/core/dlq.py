@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import orjson
 
 from receipt_streams.core.parsing import Rejection
 
 
-@dataclass(frozen=True, slots=True)
-class Source:
+class Source(NamedTuple):
     """Where an input record came from, with its raw key and value bytes."""
 
     topic: str

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -26,8 +26,7 @@ FEDERATED_TYPE = "m.read"
 MAX_INT64 = 2**63 - 1  # the spec's `ts` is an int64
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteReceipt:
+class RemoteReceipt(NamedTuple):
     """One accepted entry of an inbound EDU, routed to its room's partition."""
 
     origin: str
@@ -61,8 +60,7 @@ class RemoteReceipt:
         return cls(d["origin"], d["room_id"], d["user_id"], d["event_id"], d["data"])
 
 
-@dataclass(frozen=True, slots=True)
-class EntryRejection:
+class EntryRejection(NamedTuple):
     where: str  # "room / type / user", for the DLQ message
     rejection: Rejection
 
@@ -183,14 +181,11 @@ class OutboundQueue:
         """Queue one outbox record; `source` (e.g. an offset) is kept to know what is done."""
         slot = (record["room_id"], record["user_id"], record["thread_id"])
         self._room_size[record["room_id"]] = len(record["destinations"])
+        value = (record["event_id"], record["data"], source)  # one, shared by destinations
         for destination in record["destinations"]:
             if destination == self.origin:
                 continue
-            self.pending.setdefault(destination, {})[slot] = (
-                record["event_id"],
-                record["data"],
-                source,
-            )
+            self.pending.setdefault(destination, {})[slot] = value
 
     def _due(self, room_id: str, now_ms: int) -> bool:
         if self._room_size.get(room_id, 0) < self.large_room_servers:
@@ -206,6 +201,7 @@ class OutboundQueue:
             if self._due(slot[0], now_ms)
         }
         edus: list[dict[str, Any]] = []
+        entries: dict[int, tuple[Any, dict[str, Any]]] = {}  # an entry per value, shared
         for destination in sorted(self.pending):
             slots = self.pending[destination]
             ready = {s: v for s, v in slots.items() if s[0] in due_rooms}
@@ -218,7 +214,7 @@ class OutboundQueue:
                     "edu_type": "m.receipt",
                     "content": content,
                 }
-                for content in edu_contents(ready)
+                for content in edu_contents(ready, entries)
             ]
             if not slots:
                 del self.pending[destination]
@@ -243,20 +239,27 @@ class OutboundQueue:
         return [v[2] for slots in self.pending.values() for v in slots.values()]
 
 
-def edu_contents(entries: Mapping[Slot, tuple[str, Mapping[str, Any], Any]]) -> list[dict]:
+def edu_contents(
+    entries: Mapping[Slot, tuple[str, Mapping[str, Any], Any]],
+    made: dict[int, tuple[Any, dict[str, Any]]] | None = None,
+) -> list[dict]:
     """EDU contents for one destination: one receipt per (room, user) in each EDU, so a user
-    with receipts in k threads of a room spreads over k EDUs."""
+    with receipts in k threads of a room spreads over k EDUs. `made` lets the destinations of
+    one flush share each receipt's entry (they are only serialised, never changed)."""
+    made = {} if made is None else made
     contents: list[dict] = []
     depth: dict[tuple[str, str], int] = {}
-    for (room_id, user_id, _thread), (event_id, data, _src) in sorted(
+    for (room_id, user_id, _thread), value in sorted(
         entries.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "")
     ):
         n = depth.get((room_id, user_id), 0)
         depth[(room_id, user_id)] = n + 1
         if n == len(contents):
             contents.append({})
-        contents[n].setdefault(room_id, {"m.read": {}})["m.read"][user_id] = {
-            "event_ids": [event_id],
-            "data": dict(data),
-        }
+        known = made.get(id(value))
+        if known is None:
+            event_id, data, _src = value
+            # The value is kept with its entry: alive, its id cannot be reused meanwhile.
+            known = made[id(value)] = (value, {"event_ids": [event_id], "data": dict(data)})
+        contents[n].setdefault(room_id, {"m.read": {}})["m.read"][user_id] = known[1]
     return contents

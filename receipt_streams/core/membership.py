@@ -9,13 +9,13 @@ missing, and `RoomServers.last` tells whether its server count was already moved
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from receipt_streams.core.ids import server_of
 from receipt_streams.core.models import MembershipChange
 
 
-@dataclass(frozen=True, slots=True)
-class MemberState:
+class MemberState(NamedTuple):
     membership: str
     stream_pos: int
 
@@ -43,8 +43,7 @@ class RoomServers:
         return self.counts.get(server, 0) > 0
 
 
-@dataclass(frozen=True, slots=True)
-class MembershipWrites:
+class MembershipWrites(NamedTuple):
     """What to write, in this order; None means leave that entry as it is."""
 
     servers: RoomServers | None

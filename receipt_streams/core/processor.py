@@ -9,8 +9,8 @@ before them is durable (a held receipt is only forgotten once its outcome is saf
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from receipt_streams.core.dlq import Source, dlq_record
 from receipt_streams.core.federation import RemoteReceipt, outbox_record, split_edu
@@ -31,22 +31,19 @@ from receipt_streams.core.threads import EventInfo
 from receipt_streams.core.validation import Accept, Hold, check_client_receipt, expiry_reason
 
 
-@dataclass(frozen=True, slots=True)
-class SendDlq:
+class SendDlq(NamedTuple):
     topic: str  # the source topic: the DLQ record's key
     record: bytes
     reason: Reason
 
 
-@dataclass(frozen=True, slots=True)
-class Folded:
+class Folded(NamedTuple):
     key: ReceiptKey
     receipt: Receipt
     outcome: Outcome
 
 
-@dataclass(frozen=True, slots=True)
-class Emit:
+class Emit(NamedTuple):
     """A record for an internal stream, keyed by room: `federation_in` (one inbound EDU entry,
     repartitioned to its room) or `federation_out` (a local m.read change to federate)."""
 
@@ -58,8 +55,7 @@ class Emit:
 RecordId = tuple[str, int, int]  # topic, partition, offset of a held record
 
 
-@dataclass(frozen=True, slots=True)
-class HeldRemoval:
+class HeldRemoval(NamedTuple):
     """Forget these held records once everything sent before is durable (after a producer
     flush). Only the named records: others may have joined the same list meanwhile."""
 
@@ -68,8 +64,7 @@ class HeldRemoval:
     records: frozenset[RecordId]
 
 
-@dataclass(frozen=True, slots=True)
-class Held:
+class Held(NamedTuple):
     waiting_for: str
 
 
@@ -262,7 +257,7 @@ class Processor:
         if current is not None and current.stream_pos is None:
             event = self.state.event(key.room_id, current.event_id)
             if event is not None:
-                current = replace(current, stream_pos=event.stream_pos)
+                current = current._replace(stream_pos=event.stream_pos)
         return current
 
     def _fold(self, key: ReceiptKey, incoming: Receipt) -> list[Effect]:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 
-@dataclass(frozen=True, slots=True)
-class ReceiptKey:
+class ReceiptKey(NamedTuple):
     """One receipt slot: no thread (None) and "main" are different keys (CONTRACT §4.1)."""
 
     room_id: str
@@ -27,8 +25,7 @@ class ReceiptKey:
         return cls(room_id, user_id, receipt_type, thread_id)
 
 
-@dataclass(frozen=True, slots=True)
-class Receipt:
+class Receipt(NamedTuple):
     """The latest receipt in a slot. `stream_pos` is None while the event is unknown."""
 
     event_id: str

@@ -8,15 +8,14 @@ roots and events related to a root by other relations included, is in `main`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 MAIN = "main"
 MAX_HOPS = 3
 THREAD_REL = "m.thread"
 
 
-@dataclass(frozen=True, slots=True)
-class EventInfo:
+class EventInfo(NamedTuple):
     """What the event index keeps of an event: its order, sender and relation."""
 
     stream_pos: int

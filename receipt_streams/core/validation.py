@@ -7,8 +7,7 @@ on different topics, so a receipt can overtake them) or a Rejection for the DLQ.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from receipt_streams.core.membership import MemberState
 from receipt_streams.core.models import ClientReceipt
@@ -18,14 +17,12 @@ from receipt_streams.core.receipts import Receipt, ReceiptKey, client_data
 from receipt_streams.core.threads import EventInfo, thread_of
 
 
-@dataclass(frozen=True, slots=True)
-class Accept:
+class Accept(NamedTuple):
     key: ReceiptKey
     receipt: Receipt
 
 
-@dataclass(frozen=True, slots=True)
-class Hold:
+class Hold(NamedTuple):
     """Wait for `dep`: an event ID (`event`) or the sender's user ID (`join`)."""
 
     waiting_for: Literal["event", "join"]
