@@ -76,6 +76,12 @@ class Settings(BaseSettings):
         "memory:// for tests.",
     )
     data_dir: Path = Field(Path(".local/worker"), description="Local table state (RocksDB).")
+    store_cache_entries: int = Field(
+        20_000,
+        ge=0,
+        description="Batch engine: table entries (present or absent) kept in memory per "
+        "store, in front of RocksDB; a worker has three stores per partition.",
+    )
     web_host: str = Field("127.0.0.1", description="Address of the HTTP API.")
     web_port: int = Field(
         6066,

@@ -4,6 +4,7 @@ through a handler without letting a bug stop the stream, and the metrics of an e
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -43,9 +44,30 @@ def guarded(
 
 
 def count(effect: Effect, source: str) -> None:
-    if isinstance(effect, SendDlq):
-        metrics.child(metrics.REJECTED, str(effect.reason)).inc()
-    elif isinstance(effect, Folded):
-        metrics.child(metrics.RECEIPTS, source, effect.outcome.value).inc()
-    elif isinstance(effect, Held):
-        metrics.child(metrics.HELD, effect.waiting_for).inc()
+    tally = Tally()
+    tally.effect(effect, source)
+    tally.flush()
+
+
+class Tally:
+    """Metric increments gathered over a batch and added once: a Prometheus increment
+    takes a lock, which a per-record hot path feels."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[Any, tuple[str, ...]]] = Counter()
+
+    def effect(self, effect: Effect, source: str) -> None:
+        if isinstance(effect, Folded):
+            self.counts[metrics.RECEIPTS, (source, effect.outcome.value)] += 1
+        elif isinstance(effect, SendDlq):
+            self.counts[metrics.REJECTED, (str(effect.reason),)] += 1
+        elif isinstance(effect, Held):
+            self.counts[metrics.HELD, (effect.waiting_for,)] += 1
+
+    def input(self, topic: str) -> None:
+        self.counts[metrics.INPUTS, (topic,)] += 1
+
+    def flush(self) -> None:
+        for (metric, labels), n in self.counts.items():
+            metrics.child(metric, *labels).inc(n)
+        self.counts.clear()

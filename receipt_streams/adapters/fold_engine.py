@@ -14,6 +14,12 @@ same topics, tables and changelogs, but works a batch at a time, as Kafka Stream
 4. write the batch to the local stores (RocksDB), with the changelog offsets reached, in one
    atomic write per store, then commit the input offsets.
 
+Steps 2-4 run in a task of their own while the next batch is folded on top of the one in
+flight (its writes stay visible in the overlays, sealed, until the stores hold them): the
+fold is CPU and the acks are the broker's time, so the two overlap. Batches become durable
+in order, at most one in flight; a batch that fails stops those after it, and the run
+restarts from the last commit.
+
 A crash anywhere replays the batch from the last commit against a store that is a prefix of
 its changelog (restored to the changelog's end first), which the core's fold makes idempotent
 (`REPLAYED` re-sends the outbox record). Partitions are assigned with the range assignor, so
@@ -26,7 +32,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +41,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from receipt_streams.adapters import metrics
 from receipt_streams.adapters.clock import now_ms
-from receipt_streams.adapters.effects import count, guarded, limits_of
+from receipt_streams.adapters.effects import Tally, guarded, limits_of
 from receipt_streams.adapters.ordering import InputBuffers
 from receipt_streams.adapters.sending import Output, send_all
 from receipt_streams.adapters.stores import Overlay, RocksStore, TableStore
@@ -57,23 +62,41 @@ from receipt_streams.core.processor import (
 log = logging.getLogger(__name__)
 
 TABLES = ("receipts", "room_state", "held")
+_YIELD_EVERY = 250  # records folded between two turns of the event loop
 Backend = Callable[[str, int], TableStore]  # (table, partition) -> its store
 
 
-def rocks_backend(root: Path) -> Backend:
-    return lambda table, partition: RocksStore(root / f"{table}-{partition}")
+def rocks_backend(root: Path, cache_entries: int = 0) -> Backend:
+    # The held table holds only receipts waiting out their grace period: its keys fit in
+    # memory, and every join and event asks it for a key it almost never has.
+    return lambda table, partition: RocksStore(
+        root / f"{table}-{partition}", index_keys=table == "held", cache_entries=cache_entries
+    )
+
+
+Handler = Callable[[Source, int], list[Effect]]
 
 
 class Partition:
-    """One partition's stores, the overlays a batch goes through, and its processor."""
+    """One partition's stores, the overlays a batch goes through, its processor, and the
+    processor's handler for each input topic."""
 
-    def __init__(self, number: int, stores: dict[str, TableStore], limits: Limits) -> None:
+    def __init__(
+        self, number: int, stores: dict[str, TableStore], limits: Limits, s: Settings
+    ) -> None:
         self.number = number
         self.stores = stores
         self.views = {name: Overlay(store) for name, store in stores.items()}
-        self.processor = Processor(
+        processor = self.processor = Processor(
             self.views["receipts"], self.views["room_state"], self.views["held"], limits
         )
+        self.handlers: dict[str, Handler] = {
+            s.topic_client: processor.client_receipt,
+            s.topic_membership: processor.membership,
+            s.topic_events: processor.room_event,
+            s.topic_federation_in: processor.remote_receipt,
+            s.topic_ticks: lambda src, now: processor.tick(number, now),
+        }
 
     def close(self) -> None:
         for store in self.stores.values():
@@ -85,7 +108,7 @@ class FoldEngine:
 
     def __init__(self, settings: Settings, backend: Backend | None = None) -> None:
         s = self.s = settings
-        self.backend = backend or rocks_backend(s.data_dir / "stores")
+        self.backend = backend or rocks_backend(s.data_dir / "stores", s.store_cache_entries)
         self.limits = limits_of(s)
         self.changelogs = {
             "receipts": s.changelog_receipts,
@@ -95,18 +118,12 @@ class FoldEngine:
         self.room_keyed = set(s.room_keyed_inputs())
         self.streams = {FEDERATION_IN: s.topic_federation_in, FEDERATION_OUT: s.topic_outbox}
         self.splitter = Processor({}, {}, {}, self.limits)  # splitting EDUs reads no state
-        self.handlers: dict[str, Callable[[Partition, Source, int], list[Effect]]] = {
-            s.topic_client: lambda part, src, now: part.processor.client_receipt(src, now),
-            s.topic_membership: lambda part, src, now: part.processor.membership(src, now),
-            s.topic_events: lambda part, src, now: part.processor.room_event(src, now),
-            s.topic_federation_in: lambda part, src, now: part.processor.remote_receipt(src, now),
-            s.topic_ticks: lambda part, src, now: part.processor.tick(part.number, now),
-        }
         self.parts: dict[int, Partition] = {}
         self.to_restore: set[int] = set()
         self.assigned = False
         self.inputs = InputBuffers(settings.input_idle_ms)
         self.more_ready = False  # the last batch was cut at its limit: fold on, do not wait
+        self.in_flight: asyncio.Task[None] | None = None  # the batch being made durable
         self.lock = asyncio.Lock()
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -151,6 +168,8 @@ class FoldEngine:
             ticks = asyncio.create_task(self._send_ticks(producer))
             try:
                 while True:
+                    if self.in_flight is not None and self.in_flight.done():
+                        self.in_flight.result()  # a batch that could not be made durable
                     wait = 0 if self.more_ready else 20 if self.inputs.pending() else 200
                     got = await consumer.getmany(timeout_ms=wait)
                     async with self.lock:
@@ -162,7 +181,10 @@ class FoldEngine:
                     await metrics.record_lag(self.name, consumer)
             finally:
                 ticks.cancel()
-                await asyncio.gather(ticks, return_exceptions=True)
+                if self.in_flight is not None:
+                    self.in_flight.cancel()  # not committed: replayed at the next start
+                await asyncio.gather(ticks, self.settle(), return_exceptions=True)
+                self.in_flight = None
                 await consumer.stop()
         finally:
             await producer.stop()
@@ -173,7 +195,7 @@ class FoldEngine:
         self.inputs.assign(room_keyed)
         for p in {p for _, p in room_keyed} - set(self.parts):
             self.parts[p] = Partition(
-                p, {table: self.backend(table, p) for table in TABLES}, self.limits
+                p, {table: self.backend(table, p) for table in TABLES}, self.limits, self.s
             )
             self.to_restore.add(p)
         self.assigned = True
@@ -261,7 +283,7 @@ class FoldEngine:
         if isinstance(store, RocksStore):
             RocksStore.destroy(store.path)
         part.stores[table] = self.backend(table, p)
-        self.parts[p] = Partition(p, part.stores, self.limits)
+        self.parts[p] = Partition(p, part.stores, self.limits, self.s)
 
     # --- one batch -----------------------------------------------------------------------
 
@@ -307,25 +329,60 @@ class FoldEngine:
         producer: AIOKafkaProducer,
         consumer: AIOKafkaConsumer,
     ) -> None:
-        outputs = self.fold(federation, partitions, now_ms())
+        """Fold a batch, then hand it to a task that makes it durable, and let the next batch
+        be folded meanwhile: at most one batch is in flight while the next one folds."""
+        now = now_ms()
+        outputs = self.fold(federation, {}, now)
+        for p, records in partitions.items():
+            for i in range(0, len(records), _YIELD_EVERY):
+                outputs += self.fold([], {p: records[i : i + _YIELD_EVERY]}, now)
+                await asyncio.sleep(0)  # the batch in flight gets on with its acks meanwhile
         touched = [self.parts[p] for p in partitions]
         first, held = self.changelog_writes(touched)
-        offsets = await send_all(producer, outputs + first)
-        offsets.update(await send_all(producer, held))
-        for part in touched:
-            for table, view in part.views.items():
-                part.stores[table].apply(
-                    view.take(), offsets.get((self.changelogs[table], part.number))
-                )
+        sealed = [
+            (part, table, view.seal()) for part in touched for table, view in part.views.items()
+        ]
         done: dict[TopicPartition, int] = {}
         for record in federation + [r for records in partitions.values() for r in records]:
             tp = TopicPartition(record.topic, record.partition)
             done[tp] = max(record.offset + 1, done.get(tp, 0))
+        previous = self.in_flight
+        self.in_flight = asyncio.create_task(
+            self._make_durable(previous, outputs + first, held, sealed, done, producer, consumer)
+        )
+        if previous is not None:
+            await previous
+
+    async def _make_durable(
+        self,
+        previous: asyncio.Task[None] | None,
+        first: list[Output],
+        held: list[Output],
+        sealed: list[tuple[Partition, str, dict[bytes, bytes | None]]],
+        done: dict[TopicPartition, int],
+        producer: AIOKafkaProducer,
+        consumer: AIOKafkaConsumer,
+    ) -> None:
+        """After the batch before it: send the outputs and the receipts and room-state
+        changelog writes, then the held writes, each waiting for its acks; write the stores
+        with the changelog offsets reached; commit the inputs."""
+        if previous is not None:
+            await previous  # batches become durable in order; a failure stops the ones after
+        offsets = await send_all(producer, first)
+        offsets.update(await send_all(producer, held))
+        for part, table, writes in sealed:
+            part.stores[table].apply(writes, offsets.get((self.changelogs[table], part.number)))
+            part.views[table].settle(writes)
         try:
             await consumer.commit(done)
         except (CommitFailedError, KafkaError) as exc:
             # A rebalance took the partitions: the new owner replays from the last commit.
             log.warning("fold offsets not committed", extra={"error": repr(exc)})
+
+    async def settle(self) -> None:
+        """Wait for the batch in flight; its failure is the run loop's to raise."""
+        if self.in_flight is not None:
+            await asyncio.gather(self.in_flight, return_exceptions=True)
 
     def fold(
         self, federation: list[Any], partitions: dict[int, list[Any]], now: int
@@ -334,18 +391,19 @@ class FoldEngine:
         order. Returns the outputs; table writes stay in the partitions' overlays until
         `changelog_writes`."""
         outputs: list[Output] = []
+        tally = Tally()
         for record in federation:  # keyed by origin: split, route each entry to its room
-            metrics.child(metrics.INPUTS, record.topic).inc()
+            tally.input(record.topic)
             effects = guarded(self.splitter, self.splitter.federation_edu, record, now)
-            self._carry_out(None, effects, "federation", outputs)
+            self._carry_out(None, effects, "federation", outputs, tally)
         for p, records in partitions.items():
             part = self.parts[p]
             for record in records:
-                metrics.child(metrics.INPUTS, record.topic).inc()
-                handler = partial(self.handlers[record.topic], part)
-                effects = guarded(part.processor, handler, record, now)
+                tally.input(record.topic)
+                effects = guarded(part.processor, part.handlers[record.topic], record, now)
                 source = "federation" if record.topic == self.s.topic_federation_in else "client"
-                self._carry_out(part, effects, source, outputs)
+                self._carry_out(part, effects, source, outputs, tally)
+        tally.flush()
         return outputs
 
     def changelog_writes(self, parts: Sequence[Partition]) -> tuple[list[Output], list[Output]]:
@@ -361,10 +419,15 @@ class FoldEngine:
         return first, held
 
     def _carry_out(
-        self, part: Partition | None, effects: list[Effect], source: str, outputs: list[Output]
+        self,
+        part: Partition | None,
+        effects: list[Effect],
+        source: str,
+        outputs: list[Output],
+        tally: Tally,
     ) -> None:
         for effect in effects:
-            count(effect, source)
+            tally.effect(effect, source)
             if isinstance(effect, SendDlq):
                 outputs.append((self.s.topic_dlq, effect.topic.encode(), effect.record, None))
             elif isinstance(effect, Emit):
@@ -376,13 +439,15 @@ class FoldEngine:
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Partitions move only between batches: the lock waits for the one in flight."""
+    """Partitions move only between batches: the lock waits for the one folding, `settle`
+    for the one being made durable."""
 
     def __init__(self, engine: FoldEngine) -> None:
         self.engine = engine
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         async with self.engine.lock:
+            await self.engine.settle()
             self.engine.release(
                 {tp.partition for tp in revoked if tp.topic in self.engine.room_keyed}
             )

@@ -114,8 +114,9 @@ class InputBuffers:
             # Take from the oldest head while it stays the oldest, then look again. Ties are
             # broken the same way every time, so where a batch is cut never changes the order.
             head = min(nonempty, key=key)
-            other = key(min((b for b in nonempty if b is not head), key=key))
-            while head and key(head) < other and len(out) < room:
+            other_ts, other_rank = key(min((b for b in nonempty if b is not head), key=key))
+            last_ts = other_ts if rank[id(head)] < other_rank else other_ts - 1
+            while head and head[0].timestamp <= last_ts and len(out) < room:
                 out.append(head.popleft())
         if not any(buffers):
             self.blocked_since.pop(partition, None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 
@@ -69,16 +70,48 @@ class MemoryStore(TableStore):
 
 
 class RocksStore(TableStore):
-    def __init__(self, path: Path) -> None:
+    """A RocksDB store, with two in-memory shortcuts, since a call into RocksDB costs as much
+    as ten dict lookups and the fold reads a few keys per record:
+
+    - a cache of the last `cache_entries` keys read or written (first in, first out),
+      absent keys included: a batch reads the same rooms' members, events and servers
+      record after record;
+    - with `index_keys`, every key of the store, so that a read of an absent key is a set
+      lookup: for a small table asked mostly for keys it does not have (the held receipts,
+      asked at every join and event)."""
+
+    def __init__(self, path: Path, index_keys: bool = False, cache_entries: int = 0) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = Rdict(str(path), Options(raw_mode=True))
         raw = self.db.get(_OFFSET_KEY)
         self._offset = int(raw) if raw is not None else None
+        self._keys: set[bytes] | None = None
+        if index_keys:
+            self._keys = {key for key, _ in self.items()}
+        self.cache_entries = cache_entries
+        self._cache: OrderedDict[bytes, bytes | None] = OrderedDict()
 
     def get(self, key: bytes) -> bytes | None:
-        value: bytes | None = self.db.get(key)
-        return value
+        value = self._cache.get(key, _UNSET)
+        if value is not _UNSET:
+            return value  # type: ignore[return-value]
+        if self._keys is not None and key not in self._keys:
+            return None
+        value = self.db.get(key)
+        self._remember(key, value)  # type: ignore[arg-type]
+        return value  # type: ignore[return-value]
+
+    def _remember(self, key: bytes, value: bytes | None) -> None:
+        if self.cache_entries <= 0:
+            return
+        cache = self._cache
+        if key in cache:
+            cache[key] = value
+            return
+        if len(cache) >= self.cache_entries:
+            cache.popitem(last=False)
+        cache[key] = value
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self.db.items():
@@ -95,6 +128,13 @@ class RocksStore(TableStore):
         if offset is not None:
             batch.put(_OFFSET_KEY, str(offset).encode())
         self.db.write(batch)
+        for key, value in writes.items():
+            self._remember(key, value)
+            if self._keys is not None:
+                if value is None:
+                    self._keys.discard(key)
+                else:
+                    self._keys.add(key)
         if offset is not None:
             self._offset = offset
 
@@ -112,16 +152,26 @@ class RocksStore(TableStore):
 
 class Overlay(MutableMapping[bytes, bytes]):
     """A store seen through the writes of the batch in progress: what the core reads and
-    writes. `pending` is what the batch changed (None: deleted), in first-write order."""
+    writes. `pending` is what the batch changed (None: deleted), in first-write order.
+
+    `seal` hands a batch's writes over while they are made durable and keeps them visible
+    (`sealed`, oldest first), so the next batch can be folded on top of them meanwhile;
+    `settle` forgets them once the store holds them."""
 
     def __init__(self, store: TableStore) -> None:
         self.store = store
         self.pending: dict[bytes, bytes | None] = {}
+        self.sealed: list[dict[bytes, bytes | None]] = []
 
     def get(self, key: bytes, default: bytes | None = None) -> bytes | None:  # type: ignore[override]
         value = self.pending.get(key, _UNSET)
         if value is _UNSET:
-            value = self.store.get(key)
+            for layer in reversed(self.sealed):
+                value = layer.get(key, _UNSET)
+                if value is not _UNSET:
+                    break
+            else:
+                value = self.store.get(key)
         return default if value is None else value  # type: ignore[return-value]
 
     def __getitem__(self, key: bytes) -> bytes:
@@ -142,12 +192,15 @@ class Overlay(MutableMapping[bytes, bytes]):
         return isinstance(key, bytes) and self.get(key) is not None
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:  # type: ignore[override]
+        newer: dict[bytes, bytes | None] = {}
+        for layer in (*self.sealed, self.pending):
+            newer.update(layer)
         for key, value in self.store.items():
-            if key not in self.pending:
+            if key not in newer:
                 yield key, value
-        for key, pending in list(self.pending.items()):
-            if pending is not None:
-                yield key, pending
+        for key, value in newer.items():
+            if value is not None:
+                yield key, value
 
     def __iter__(self) -> Iterator[bytes]:
         return (key for key, _ in self.items())
@@ -159,3 +212,16 @@ class Overlay(MutableMapping[bytes, bytes]):
         """The batch's writes, handed over; the overlay starts a new batch."""
         writes, self.pending = self.pending, {}
         return writes
+
+    def seal(self) -> dict[bytes, bytes | None]:
+        """The batch's writes, handed over but still seen until `settle`d; the overlay
+        starts a new batch on top of them."""
+        writes = self.take()
+        self.sealed.append(writes)
+        return writes
+
+    def settle(self, writes: dict[bytes, bytes | None]) -> None:
+        """The store now holds `writes`, the oldest sealed batch: stop keeping them."""
+        if not self.sealed or self.sealed[0] is not writes:
+            raise ValueError("batches settle in the order they were sealed")
+        self.sealed.pop(0)

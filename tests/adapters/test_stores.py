@@ -23,7 +23,7 @@ from receipt_streams.adapters.stores import (
     TableStore,
 )
 
-BACKENDS = ["memory", "rocks"]
+BACKENDS = ["memory", "rocks", "rocks-indexed", "rocks-cached"]
 
 A, B, C, D = b'["a"]', b'["b"]', b'["c"]', b'["d"]'
 
@@ -31,7 +31,9 @@ A, B, C, D = b'["a"]', b'["b"]', b'["c"]', b'["d"]'
 def open_store(backend: str, path: Path) -> TableStore:
     if backend == "memory":
         return MemoryStore()
-    return RocksStore(path)
+    if backend == "rocks-cached":
+        return RocksStore(path, cache_entries=2)  # tiny: entries come and go all the time
+    return RocksStore(path, index_keys=backend == "rocks-indexed")
 
 
 @pytest.fixture(params=BACKENDS)
@@ -217,6 +219,40 @@ def test_rocks_store_apply_is_all_or_nothing(rocks_path: Path) -> None:
     try:
         assert again.offset == 10
         assert contents(again) == {A: b"1", B: b"2"}
+    finally:
+        again.close()
+
+
+def test_an_indexed_rocks_store_knows_its_keys_again_after_a_reopen(rocks_path: Path) -> None:
+    first = RocksStore(rocks_path, index_keys=True)
+    first.apply({A: b"1", B: b"2", C: b"3"}, 1)
+    first.apply({B: None}, 2)
+    first.close()
+
+    again = RocksStore(rocks_path, index_keys=True)
+    try:
+        assert (again.get(A), again.get(B), again.get(C), again.get(D)) == (b"1", None, b"3", None)
+        again.apply({D: b"4", A: None}, 3)
+        assert (again.get(A), again.get(D)) == (None, b"4")
+        assert contents(again) == {C: b"3", D: b"4"}
+    finally:
+        again.close()
+
+
+def test_the_cache_keeps_the_latest_entries_and_follows_every_write(rocks_path: Path) -> None:
+    store = RocksStore(rocks_path, cache_entries=2)
+    try:
+        store.apply({A: b"1", B: b"2", C: b"3"}, 1)
+        assert list(store._cache) == [B, C]  # the two written last
+        assert store.get(D) is None
+        assert list(store._cache) == [C, D]  # an absent key is remembered too
+        store.apply({D: b"4", C: None}, 2)
+        assert (store.get(C), store.get(D), store.get(A)) == (None, b"4", b"1")
+    finally:
+        store.close()
+    again = RocksStore(rocks_path, cache_entries=2)
+    try:
+        assert contents(again) == {A: b"1", B: b"2", D: b"4"}
     finally:
         again.close()
 
@@ -415,6 +451,47 @@ def test_take_hands_over_a_dict_the_overlay_no_longer_touches(seeded: TableStore
     assert view.pending == {D: b"4"}
 
 
+def test_sealed_writes_stay_visible_until_settled(seeded: TableStore) -> None:
+    view = Overlay(seeded)
+    view[C] = b"3"
+    del view[A]
+    first = view.seal()
+
+    assert first == {C: b"3", A: None}
+    assert view.pending == {}
+    # The next batch folds on top of the sealed one, which the store does not hold yet.
+    assert view[C] == b"3" and A not in view
+    assert dict(view) == {B: b"2", C: b"3"}
+    view[C] = b"30"
+    second = view.seal()
+    assert view[C] == b"30"
+
+    seeded.apply(first, 6)
+    view.settle(first)
+    assert view.sealed == [second]
+    assert dict(view) == {B: b"2", C: b"30"}
+    seeded.apply(second, 7)
+    view.settle(second)
+    assert view.sealed == [] and dict(view) == {B: b"2", C: b"30"} == contents(seeded)
+
+
+def test_batches_settle_only_in_the_order_they_were_sealed(seeded: TableStore) -> None:
+    view = Overlay(seeded)
+    view[C] = b"3"
+    first = view.seal()
+    view[D] = b"4"
+    second = view.seal()
+
+    with pytest.raises(ValueError):
+        view.settle(second)
+    with pytest.raises(ValueError):
+        view.settle({C: b"3"})  # equal, but not the sealed batch itself
+    view.settle(first)
+    view.settle(second)
+    with pytest.raises(ValueError):
+        view.settle(second)
+
+
 # --- property: an overlay folded into its store is a dict -------------------------------
 
 _KEYS = st.one_of(
@@ -500,3 +577,46 @@ def test_applying_take_to_a_rocks_store_matches_a_dict(
             assert again.offset == len(batches)
         finally:
             again.close()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    initial=st.dictionaries(_KEYS, _VALUES, max_size=8),
+    batches=_BATCHES,
+    lag=st.lists(st.integers(min_value=0, max_value=2), min_size=5, max_size=5),
+)
+def test_pipelined_batches_read_like_a_dict(
+    initial: dict[bytes, bytes],
+    batches: list[list[tuple[str, bytes, bytes | None]]],
+    lag: list[int],
+) -> None:
+    """Batches sealed and made durable later, in order, some while the next ones fold: at
+    every step the overlay reads like the dict, and at the end the store is the dict."""
+    store = MemoryStore()
+    store.apply(initial, 0)
+    model = dict(initial)
+    view = Overlay(store)
+    in_flight: list[dict[bytes, bytes | None]] = []
+
+    def settle_one() -> None:
+        writes = in_flight.pop(0)
+        store.apply(writes, None)
+        view.settle(writes)
+
+    for number, batch in enumerate(batches):
+        for op, key, value in batch:
+            if op == "set":
+                assert value is not None
+                view[key] = value
+                model[key] = value
+            elif key in model:
+                del view[key]
+                del model[key]
+            assert view.get(key) == model.get(key)
+        in_flight.append(view.seal())
+        while len(in_flight) > lag[number]:
+            settle_one()
+        assert dict(view.items()) == model
+    while in_flight:
+        settle_one()
+    assert view.sealed == [] and contents(store) == model
