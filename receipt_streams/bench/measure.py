@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -78,7 +79,12 @@ async def groups_caught_up(bootstrap: str, groups: Mapping[str, Sequence[str]]) 
     await admin.start()
     try:
         for group, topics in groups.items():
-            committed = await admin.list_consumer_group_offsets(group)
+            try:
+                committed = await admin.list_consumer_group_offsets(group)
+            except KafkaError as exc:
+                if exc.retriable:  # e.g. a new broker still creating its offsets topic
+                    return False
+                raise
             for tp, end in ends.items():
                 behind = tp not in committed or committed[tp].offset < end
                 if tp.topic in topics and end > 0 and behind:

@@ -179,11 +179,14 @@ async def bench_fold(b: Bench, receipts: int) -> dict[str, Any]:
         await _wait(lambda: groups_caught_up(b.bootstrap, groups), 1800, "fold", step=1.0)
         first = await record_times(b.bootstrap, [s.changelog_state], first=True)
         last = await record_times(b.bootstrap, [s.topic_sync, s.topic_edus], first=False)
+        folded = await record_times(
+            b.bootstrap, [s.changelog_receipts, s.changelog_state, s.topic_outbox], first=False
+        )
         ends = await end_offsets(b.bootstrap, [s.topic_sync, s.topic_edus, s.topic_dlq])
     finally:
         relays.stop()
         worker.stop()
-    assert first is not None and last is not None
+    assert first is not None and last is not None and folded is not None
     fold_s = last - first
     out = {
         name: sum(v for tp, v in ends.items() if tp.topic == topic)
@@ -193,6 +196,9 @@ async def bench_fold(b: Bench, receipts: int) -> dict[str, Any]:
         "receipts": receipts,
         "setup_records": len(setup),
         "fold_seconds": fold_s,
+        # Of which the worker's part (its first changelog write to its last one); the rest is
+        # the relays' tail: their last windows and the pacing of big rooms.
+        "worker_seconds": folded - first,
         "fold_receipts_per_s": receipts / fold_s,
         "passthrough_seconds": ceiling_s,
         "passthrough_receipts_per_s": receipts / ceiling_s,
