@@ -4,6 +4,7 @@ record (per-record `send` was a tenth of the fold's time in the profile)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import Iterable
 from typing import Any
@@ -19,6 +20,13 @@ def partition_of(key: bytes | None, count: int) -> int:
     records sent here land where records sent with `producer.send(key=...)` do."""
     if key is None:
         return random.randrange(count)
+    return _hashed(key, count)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _hashed(key: bytes, count: int) -> int:
+    # aiokafka's murmur2 is pure Python (microseconds a key), and outputs are keyed by room
+    # or destination: the same few keys over and over.
     return (murmur2(key) & 0x7FFFFFFF) % count
 
 
