@@ -73,9 +73,9 @@ class RocksStore(TableStore):
     """A RocksDB store, with two in-memory shortcuts, since a call into RocksDB costs as much
     as ten dict lookups and the fold reads a few keys per record:
 
-    - a cache of the last `cache_entries` keys read or written (first in, first out),
-      absent keys included: a batch reads the same rooms' members, events and servers
-      record after record;
+    - a cache of the last `cache_entries` keys read (first in, first out), absent keys
+      included, kept true by every write: a batch reads the same rooms' members, events
+      and servers record after record;
     - with `index_keys`, every key of the store, so that a read of an absent key is a set
       lookup: for a small table asked mostly for keys it does not have (the held receipts,
       asked at every join and event)."""
@@ -105,13 +105,9 @@ class RocksStore(TableStore):
     def _remember(self, key: bytes, value: bytes | None) -> None:
         if self.cache_entries <= 0:
             return
-        cache = self._cache
-        if key in cache:
-            cache[key] = value
-            return
-        if len(cache) >= self.cache_entries:
-            cache.popitem(last=False)
-        cache[key] = value
+        if len(self._cache) >= self.cache_entries:
+            self._cache.popitem(last=False)
+        self._cache[key] = value
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self.db.items():
@@ -128,8 +124,10 @@ class RocksStore(TableStore):
         if offset is not None:
             batch.put(_OFFSET_KEY, str(offset).encode())
         self.db.write(batch)
+        cache = self._cache
         for key, value in writes.items():
-            self._remember(key, value)
+            if key in cache:  # kept true; not added: a restore writes every key once
+                cache[key] = value
             if self._keys is not None:
                 if value is None:
                     self._keys.discard(key)
