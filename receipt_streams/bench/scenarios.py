@@ -146,10 +146,11 @@ async def passthrough(bootstrap: str, topics: list[str], total: int, out_topic: 
         await producer.stop()
 
 
-async def bench_fold(b: Bench, receipts: int) -> dict[str, Any]:
+async def bench_fold(b: Bench, receipts: int, relays_apart: bool = True) -> dict[str, Any]:
     # The table worker as deployed beside `receipt-streams api` and `relays` processes: no
-    # /sync view, and the relays in a process of their own (on the other core).
-    s = b.settings(serve_api=False, run_relays=False)
+    # /sync view, and the relays in a process of their own (on the other core); or, with
+    # relays_apart off, the relays in the worker's own event loop.
+    s = b.settings(serve_api=False, run_relays=not relays_apart)
     work = Workload(WorkloadSpec(receipts=receipts, seed=b.seed), LOCAL)
     await ensure_topics(s)
     setup = _setup_records(s, work)
@@ -173,7 +174,8 @@ async def bench_fold(b: Bench, receipts: int) -> dict[str, Any]:
         f"{s.app_id}-federation-edus": [s.topic_outbox],
     }
     try:
-        relays.start().wait_ready(120)
+        if relays_apart:
+            relays.start().wait_ready(120)
         worker.start()
 
         await _wait(lambda: groups_caught_up(b.bootstrap, groups), 1800, "fold", step=1.0)
@@ -205,6 +207,7 @@ async def bench_fold(b: Bench, receipts: int) -> dict[str, Any]:
         "ratio": ceiling_s / fold_s,
         **out,
         "partitions": b.partitions,
+        "relays": "apart" if relays_apart else "in the worker",
     }
 
 

@@ -31,7 +31,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         ["fold", "ingest", "latency", "recovery"] if args.scenario == "all" else [args.scenario]
     )
     runs = {
-        "fold": lambda: bench_fold(b, args.receipts),
+        "fold": lambda: bench_fold(b, args.receipts, relays_apart=not args.relays_inline),
         "ingest": lambda: bench_ingest(b, args.requests, args.concurrency),
         "latency": lambda: bench_latency(b, args.rate, args.duration),
         "recovery": lambda: bench_recovery(b, args.keys, serve_api=not args.split_api),

@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="recovery: a worker without the API's /sync view (serve_api off)",
     )
+    bench.add_argument(
+        "--relays-inline",
+        action="store_true",
+        help="fold: the relays in the worker, not in a `receipt-streams relays` process",
+    )
     bench.add_argument("--seed", type=int, default=1)
     bench.add_argument("--out", default="bench-results", help="folder for the JSON results")
     bench.set_defaults(func=_cmd_bench)
