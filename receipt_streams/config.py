@@ -62,7 +62,10 @@ class Settings(BaseSettings):
         "(a Faust agent, an event at a time; slower, see Performance).",
     )
     fold_batch_records: int = Field(
-        5000, ge=1, description="Most input records the batch fold takes at once."
+        5000,
+        ge=1,
+        description="Most input records in one batch of the batch fold, shared by its "
+        "partitions; also the most one fetch returns.",
     )
     input_idle_ms: int = Field(
         500,
