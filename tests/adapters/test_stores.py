@@ -507,6 +507,20 @@ _OP = st.one_of(
 _BATCHES = st.lists(st.lists(_OP, max_size=25), min_size=1, max_size=5)
 
 
+def _do(view: Overlay, model: dict[bytes, bytes], op: str, key: bytes, value: bytes | None) -> None:
+    """One write to both the overlay and the dict; deleting a missing key is a KeyError."""
+    if op == "set":
+        assert value is not None
+        view[key] = value
+        model[key] = value
+    elif key in model:
+        del view[key]
+        del model[key]
+    else:
+        with pytest.raises(KeyError):
+            del view[key]
+
+
 def _check_fold(
     make_store: Callable[[], TableStore],
     initial: dict[bytes, bytes],
@@ -519,16 +533,7 @@ def _check_fold(
         view = Overlay(store)
         for number, batch in enumerate(batches, start=1):
             for op, key, value in batch:
-                if op == "set":
-                    assert value is not None
-                    view[key] = value
-                    model[key] = value
-                elif key in model:
-                    del view[key]
-                    del model[key]
-                else:
-                    with pytest.raises(KeyError):
-                        del view[key]
+                _do(view, model, op, key, value)
                 # The overlay reads like the dict at every step.
                 assert view.get(key) == model.get(key)
                 assert (key in view) == (key in model)
@@ -606,13 +611,7 @@ def test_pipelined_batches_read_like_a_dict(
 
     for number, batch in enumerate(batches):
         for op, key, value in batch:
-            if op == "set":
-                assert value is not None
-                view[key] = value
-                model[key] = value
-            elif key in model:
-                del view[key]
-                del model[key]
+            _do(view, model, op, key, value)
             assert view.get(key) == model.get(key)
         in_flight.append(view.seal())
         while len(in_flight) > lag[number]:
