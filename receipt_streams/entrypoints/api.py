@@ -6,15 +6,11 @@ of API processes can run beside the workers (start workers with RECEIPT_STREAMS_
 
 from __future__ import annotations
 
-import asyncio
-import logging.config
-
 from receipt_streams.adapters.auth import verifier_for
 from receipt_streams.adapters.http_api import Api
 from receipt_streams.adapters.sync_feed import SyncFeed
 from receipt_streams.config import Settings
-from receipt_streams.entrypoints.running import run_until_stopped
-from receipt_streams.logs import logging_config
+from receipt_streams.entrypoints.running import run_command, run_until_stopped
 
 
 async def serve(s: Settings) -> None:
@@ -24,6 +20,4 @@ async def serve(s: Settings) -> None:
 
 
 def run_api(s: Settings) -> int:
-    logging.config.dictConfig(logging_config(s.log_level, s.log_json))
-    asyncio.run(serve(s))
-    return 0
+    return run_command(s, serve)

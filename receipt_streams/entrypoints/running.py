@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import logging.config
 import signal
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from receipt_streams.adapters.http_api import Api, serving
 from receipt_streams.adapters.topics import ensure_topics
 from receipt_streams.config import Settings
+from receipt_streams.logs import logging_config
 
 log = logging.getLogger(__name__)
 
@@ -35,3 +37,10 @@ async def run_until_stopped(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     log.info("%s stopped", name)
+
+
+def run_command(s: Settings, serve: Callable[[Settings], Coroutine[Any, Any, None]]) -> int:
+    """A console command's body: logging as configured, then `serve` until stopped."""
+    logging.config.dictConfig(logging_config(s.log_level, s.log_json))
+    asyncio.run(serve(s))
+    return 0

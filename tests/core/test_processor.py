@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from receipt_streams.core.dlq import Source
 from receipt_streams.core.fold import Outcome
 from receipt_streams.core.processor import Folded, Held, HeldRemoval, Limits
 from receipt_streams.core.receipts import Receipt, ReceiptKey
@@ -392,22 +393,15 @@ def test_membership_crash_prefix_through_the_processor(membership: str) -> None:
     h.processor = type(h.processor)(h.receipts, h.state, h.held, Limits())
     h.member(A)
     h.member(C)
-    record = h.source(
-        MEMBERSHIP,
-        orjson.dumps(
-            {"room_id": ROOM, "user_id": "@d:hs2", "membership": "join", "stream_pos": 10}
-        ),
-        ROOM.encode(),
-    )
+
+    def change_of_d(to: str, stream_pos: int) -> Source:
+        value = {"room_id": ROOM, "user_id": "@d:hs2", "membership": to, "stream_pos": stream_pos}
+        return h.source(MEMBERSHIP, orjson.dumps(value), ROOM.encode())
+
+    record = change_of_d("join", 10)
     if membership == "leave":
         h.feed(record)
-        record = h.source(
-            MEMBERSHIP,
-            orjson.dumps(
-                {"room_id": ROOM, "user_id": "@d:hs2", "membership": "leave", "stream_pos": 11}
-            ),
-            ROOM.encode(),
-        )
+        record = change_of_d("leave", 11)
     h.state.armed = True
     with pytest.raises(RuntimeError):
         h.feed(record)
