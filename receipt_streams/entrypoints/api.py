@@ -6,9 +6,9 @@ of API processes can run beside the workers (start workers with RECEIPT_STREAMS_
 
 from __future__ import annotations
 
-from receipt_streams.adapters.auth import verifier_for
-from receipt_streams.adapters.http_api import Api
-from receipt_streams.adapters.sync_feed import SyncFeed
+from receipt_streams.adapters.api.app import Api
+from receipt_streams.adapters.api.auth import verifier_for
+from receipt_streams.adapters.api.sync_feed import SyncFeed
 from receipt_streams.config import Settings
 from receipt_streams.entrypoints.running import run_command, run_until_stopped
 

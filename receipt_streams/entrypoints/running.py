@@ -9,7 +9,7 @@ import signal
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from receipt_streams.adapters.http_api import Api, serving
+from receipt_streams.adapters.api.app import Api, serving
 from receipt_streams.adapters.topics import ensure_topics
 from receipt_streams.config import Settings
 from receipt_streams.logs import logging_config

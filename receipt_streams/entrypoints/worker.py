@@ -10,11 +10,11 @@ import asyncio
 import logging
 import logging.config
 
-from receipt_streams.adapters.auth import verifier_for
-from receipt_streams.adapters.fold_engine import FoldEngine
-from receipt_streams.adapters.http_api import Api
-from receipt_streams.adapters.relay import DeltaRelay, EduRelay
-from receipt_streams.adapters.sync_feed import SyncFeed
+from receipt_streams.adapters.api.app import Api
+from receipt_streams.adapters.api.auth import verifier_for
+from receipt_streams.adapters.api.sync_feed import SyncFeed
+from receipt_streams.adapters.engine.runner import FoldEngine
+from receipt_streams.adapters.relays.relay import DeltaRelay, EduRelay
 from receipt_streams.adapters.topics import ensure_topics
 from receipt_streams.config import Settings
 from receipt_streams.entrypoints.running import run_until_stopped
@@ -54,8 +54,8 @@ async def serve(s: Settings) -> None:
 def run_faust_worker(s: Settings, config: dict[str, object]) -> int:
     import faust
 
-    from receipt_streams.adapters.faust_app import create_app
-    from receipt_streams.adapters.state_guard import StateGuard
+    from receipt_streams.adapters.faust_engine.app import create_app
+    from receipt_streams.adapters.faust_engine.state_guard import StateGuard
 
     if s.create_topics:
         asyncio.run(ensure_topics(s))

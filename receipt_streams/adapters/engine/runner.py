@@ -42,9 +42,9 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from receipt_streams.adapters import metrics
 from receipt_streams.adapters.clock import now_ms
 from receipt_streams.adapters.effects import Tally, guarded, limits_of
-from receipt_streams.adapters.ordering import InputBuffers
+from receipt_streams.adapters.engine.ordering import InputBuffers
+from receipt_streams.adapters.engine.stores import Overlay, RocksStore, TableStore
 from receipt_streams.adapters.sending import Output, send_all
-from receipt_streams.adapters.stores import Overlay, RocksStore, TableStore
 from receipt_streams.adapters.supervise import supervise
 from receipt_streams.config import Settings
 from receipt_streams.core.dlq import Source

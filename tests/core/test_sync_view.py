@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from receipt_streams.core.receipts import Receipt, ReceiptKey, client_data
-from receipt_streams.core.sync import BadToken, SyncIndex, Token, render_for_user
+from receipt_streams.core.sync_view import BadToken, SyncIndex, Token, render_for_user
 from tests.support.spec import validate_receipt_event, validate_sync_response
 
 ME, A, B = "@me:hs1", "@a:hs1", "@b:hs2"

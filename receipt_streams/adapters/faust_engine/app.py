@@ -15,12 +15,12 @@ from typing import Any
 import faust
 
 from receipt_streams.adapters import metrics
-from receipt_streams.adapters.auth import verifier_for
+from receipt_streams.adapters.api.app import Api, serving
+from receipt_streams.adapters.api.auth import verifier_for
+from receipt_streams.adapters.api.sync_feed import SyncFeed
 from receipt_streams.adapters.clock import now_ms
 from receipt_streams.adapters.effects import count, guarded, limits_of
-from receipt_streams.adapters.http_api import Api, serving
-from receipt_streams.adapters.relay import DeltaRelay, EduRelay
-from receipt_streams.adapters.sync_feed import SyncFeed
+from receipt_streams.adapters.relays.relay import DeltaRelay, EduRelay
 from receipt_streams.config import Settings
 from receipt_streams.core.dlq import Source
 from receipt_streams.core.processor import (
@@ -53,7 +53,7 @@ def create_app(s: Settings) -> faust.App:
         broker_heartbeat_interval=s.session_timeout_s / 4,
         producer_acks=-1,
         producer_linger=s.producer_linger_ms / 1000,
-        web_enabled=False,  # the HTTP API is our own aiohttp app (adapters/http_api.py)
+        web_enabled=False,  # the HTTP API is our own aiohttp app (adapters/api/app.py)
         **RAW,
     )
     n = s.partitions

@@ -17,8 +17,8 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from receipt_streams.adapters.auth import TokenVerifier, VerifierUnavailable
-from receipt_streams.adapters.sync_feed import SyncFeed
+from receipt_streams.adapters.api.auth import TokenVerifier, VerifierUnavailable
+from receipt_streams.adapters.api.sync_feed import SyncFeed
 from receipt_streams.config import Settings
 from receipt_streams.core.client_api import (
     ApiError,
@@ -29,7 +29,7 @@ from receipt_streams.core.client_api import (
     refuse_if_not_joined,
 )
 from receipt_streams.core.ratelimit import RateLimiter
-from receipt_streams.core.sync import BadToken, Token
+from receipt_streams.core.sync_view import BadToken, Token
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from receipt_streams.adapters.auth import (
+from receipt_streams.adapters.api.auth import (
     NoTokens,
     StaticTokens,
     VerifierUnavailable,

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from receipt_streams.adapters.stores import (
+from receipt_streams.adapters.engine.stores import (
     _OFFSET_KEY,
     MemoryStore,
     Overlay,

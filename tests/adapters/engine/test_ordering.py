@@ -1,4 +1,4 @@
-"""InputBuffers: one partition's input topics merged by record timestamp (adapters/ordering.py).
+"""InputBuffers: one partition's input topics merged by record timestamp.
 
 Each topic partition keeps its own order; a partition waits (at most `max_idle_ms`) while one
 of its topics is empty but may still have records on the broker that are not fetched yet.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from receipt_streams.adapters.ordering import InputBuffers
+from receipt_streams.adapters.engine.ordering import InputBuffers
 
 IDLE = 500
 R, J, M = "receipts", "joins", "members"

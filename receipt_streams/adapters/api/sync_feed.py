@@ -17,7 +17,7 @@ from receipt_streams.adapters import metrics
 from receipt_streams.adapters.supervise import supervise
 from receipt_streams.config import Settings
 from receipt_streams.core.receipts import Receipt, ReceiptKey
-from receipt_streams.core.sync import SyncIndex
+from receipt_streams.core.sync_view import SyncIndex
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The batch fold on aiokafka: run loop, partition tasks, state stores, restore."""

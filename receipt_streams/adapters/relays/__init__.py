@@ -1,0 +1,1 @@
+"""Relays: the receipts changelog to sync deltas, the outbox to federation EDUs."""
