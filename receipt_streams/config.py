@@ -61,6 +61,13 @@ class Settings(BaseSettings):
         description="The fold: `batch` (aiokafka, a batch at a time) or `faust` "
         "(a Faust agent, an event at a time; slower, see Performance).",
     )
+    processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
+        "exactly_once",
+        description="Batch engine and relays: `exactly_once` writes a batch's outputs, "
+        "changelog writes and input offsets in one Kafka transaction per partition (a worker "
+        "that lost a partition is fenced); `at_least_once` sends, then commits (faster, but a "
+        "worker paused past its session may still publish a stale batch).",
+    )
     fold_batch_records: int = Field(
         5000,
         ge=1,

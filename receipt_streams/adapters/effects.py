@@ -1,5 +1,6 @@
-"""What both fold engines do around the core: its limits from the settings, one record run
-through a handler without letting a bug stop the stream, and the metrics of an effect."""
+"""What both fold engines (and the core test harness) do around the core: its limits from the
+settings, the one table of input topic -> handler, one record run through its handler without
+letting a bug stop the stream, the one place effects become records, and their metrics."""
 
 from __future__ import annotations
 
@@ -12,10 +13,24 @@ from receipt_streams.adapters import metrics
 from receipt_streams.config import Settings
 from receipt_streams.core.dlq import Source
 from receipt_streams.core.parsing import Rejection
-from receipt_streams.core.processor import Effect, Folded, Held, Limits, Processor, SendDlq
+from receipt_streams.core.processor import (
+    FEDERATION_IN,
+    FEDERATION_OUT,
+    Effect,
+    Emit,
+    Folded,
+    Held,
+    HeldRemoval,
+    Limits,
+    Processor,
+    SendDlq,
+)
 from receipt_streams.core.reasons import Reason
 
 log = logging.getLogger(__name__)
+
+Handler = Callable[[Source, int], list[Effect]]
+Output = tuple[str, bytes | None, bytes | None, int | None]  # topic, key, value, partition
 
 
 def limits_of(s: Settings) -> Limits:
@@ -43,12 +58,6 @@ def guarded(
         return [processor.reject(src, Rejection(Reason.INTERNAL_ERROR, repr(exc)), now)]
 
 
-def count(effect: Effect, source: str) -> None:
-    tally = Tally()
-    tally.effect(effect, source)
-    tally.flush()
-
-
 class Tally:
     """Metric increments gathered over a batch and added once: a Prometheus increment
     takes a lock, which a per-record hot path feels."""
@@ -71,3 +80,47 @@ class Tally:
         for (metric, labels), n in self.counts.items():
             metrics.child(metric, *labels).inc(n)
         self.counts.clear()
+
+
+class Router:
+    """The one table of input topic -> core handler, and the one place where effects become
+    output records. The engines only decide when records go out and when held receipts are
+    forgotten (the `HeldRemoval`s returned by `carry_out`)."""
+
+    def __init__(self, processor: Processor, s: Settings) -> None:
+        self.processor = processor
+        self.dlq = s.topic_dlq
+        self.federation_topics = {s.topic_federation_in, s.topic_federation}
+        self.streams = {FEDERATION_IN: s.topic_federation_in, FEDERATION_OUT: s.topic_outbox}
+        self.handlers: dict[str, Handler] = {
+            s.topic_client: processor.client_receipt,
+            s.topic_membership: processor.membership,
+            s.topic_events: processor.room_event,
+            s.topic_federation_in: processor.remote_receipt,
+            s.topic_federation: processor.federation_edu,
+            s.topic_ticks: lambda src, now: processor.tick(src.partition, now),
+        }
+
+    def handle(self, record: Any, now: int) -> list[Effect]:
+        """Run one input record (anything with topic, partition, offset, key, value)."""
+        return guarded(self.processor, self.handlers[record.topic], record, now)
+
+    def source_of(self, topic: str) -> str:
+        """The metrics' source label of a record of `topic`."""
+        return "federation" if topic in self.federation_topics else "client"
+
+    def carry_out(
+        self, effects: list[Effect], source: str, outputs: list[Output], tally: Tally
+    ) -> list[HeldRemoval]:
+        """Append the records `effects` ask for to `outputs`; count them; return the held
+        receipts to forget once those records are durable."""
+        removals: list[HeldRemoval] = []
+        for effect in effects:
+            tally.effect(effect, source)
+            if isinstance(effect, SendDlq):
+                outputs.append((self.dlq, effect.topic.encode(), effect.record, None))
+            elif isinstance(effect, Emit):
+                outputs.append((self.streams[effect.stream], effect.key, effect.value, None))
+            elif isinstance(effect, HeldRemoval):
+                removals.append(effect)
+        return removals

@@ -58,3 +58,27 @@ async def record_lag(name: str, consumer: Any, every_s: float = 5.0) -> None:
         position = await consumer.position(tp)
         if highwater is not None and position is not None:
             LAG.labels(name, tp.topic, str(tp.partition)).set(max(0, highwater - position))
+
+
+LOOP_RESTARTS = Counter(
+    "receipt_streams_loop_restarts_total",
+    "Restarts of a background loop after a failure (fold, sync-deltas, federation-edus, "
+    "sync feed).",
+    ["loop"],
+)
+LOOP_LAST_SUCCESS = Gauge(
+    "receipt_streams_loop_last_success_timestamp_seconds",
+    "When a background loop last made progress (a batch made durable, a relay cycle).",
+    ["loop"],
+)
+LOOP_STUCK = Gauge(
+    "receipt_streams_loop_stuck",
+    "1 while a loop has failed several times in a row without progress (/readyz is 503).",
+    ["loop"],
+)
+FENCED = Counter(
+    "receipt_streams_fenced_total",
+    "Batches refused because another worker took the partition over (a transactional "
+    "producer was fenced); the loop restarts and rejoins the group.",
+    ["loop"],
+)

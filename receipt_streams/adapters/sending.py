@@ -12,7 +12,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
-Output = tuple[str, bytes | None, bytes | None, int | None]  # topic, key, value, partition
+from receipt_streams.adapters.effects import Output
 
 
 def partition_of(key: bytes | None, count: int) -> int:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from receipt_streams.adapters.api.app import Api
 from receipt_streams.adapters.api.auth import verifier_for
 from receipt_streams.adapters.api.sync_feed import SyncFeed
-from receipt_streams.adapters.relays.relay import DeltaRelay, EduRelay
+from receipt_streams.adapters.relays.deltas import DeltaRelay
+from receipt_streams.adapters.relays.edus import EduRelay
 from receipt_streams.config import Settings
 from receipt_streams.entrypoints.running import run_command, run_until_stopped
 

@@ -47,6 +47,7 @@ class SyncFeed:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap_servers,
             enable_auto_commit=False,
+            isolation_level="read_committed",  # only what the fold committed
             max_poll_records=10_000,
             fetch_max_wait_ms=100,
         )

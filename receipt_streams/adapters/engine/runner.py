@@ -1,106 +1,54 @@
-"""The batch fold: consume a batch, fold it through the core, make it durable, commit.
+"""The batch fold's run loop and rebalance listener (Kafka Streams' StreamThread and
+TaskManager): consume a batch, fold it through the partition tasks, hand it to a checkpoint.
 
 Faust hands an agent one event at a time, and a no-op agent already tops out near a fifth of
 what plain aiokafka moves on the same broker (README, Performance). This engine keeps the
-same topics, tables and changelogs, but works a batch at a time, as Kafka Streams does:
+same topics, tables and changelogs, but works a batch at a time:
 
-1. `getmany` a batch; per partition, merge its topics by timestamp (each topic partition
-   keeps its order) and run every record through the partition's `Processor`, whose stores
-   are `Overlay`s of the partition's local stores;
-2. send the outputs (DLQ, outbox, inbound entries) and the receipts and room-state changelog
-   writes of the batch, coalesced per key, and wait for every ack;
-3. only then send the held-receipts changelog writes: a held receipt is forgotten only once
-   what it became is durable, and wait for those acks;
-4. write the batch to the local stores (RocksDB), with the changelog offsets reached, in one
-   atomic write per store, then commit the input offsets.
+1. `getmany` a batch; per partition, merge its topics by timestamp (each topic partition keeps
+   its order: `ordering.py`) and fold every record through the partition's task (`task.py`);
+2. seal the batch and hand it to a `Checkpoint` (`checkpoint.py`) that makes it durable in a
+   task of its own, while the next batch is folded on top of it: the fold is CPU and the
+   commit is the broker's time, so the two overlap. At most one batch is in flight.
 
-Steps 2-4 run in a task of their own while the next batch is folded on top of the one in
-flight (its writes stay visible in the overlays, sealed, until the stores hold them): the
-fold is CPU and the acks are the broker's time, so the two overlap. Batches become durable
-in order, at most one in flight; a batch that fails stops those after it, and the run
-restarts from the last commit.
-
-A crash anywhere replays the batch from the last commit against a store that is a prefix of
-its changelog (restored to the changelog's end first), which the core's fold makes idempotent
-(`REPLAYED` re-sends the outbox record). Partitions are assigned with the range assignor, so
-partition `p` of every room-keyed topic lands on the same worker as its stores.
+Tasks are created on assignment: their sinks start first (with `exactly_once` this fences
+the partition's previous owner), then the committed offsets are read afresh, then the stores
+are restored (`restore.py`). On revocation the batch in flight is settled and the tasks
+closed. Partitions are assigned with the range assignor, so partition `p` of every input
+lands on the worker holding task `p`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import CommitFailedError, KafkaError
 
 from receipt_streams.adapters import metrics
 from receipt_streams.adapters.clock import now_ms
-from receipt_streams.adapters.effects import Tally, guarded, limits_of
+from receipt_streams.adapters.effects import Tally, limits_of
+from receipt_streams.adapters.engine.checkpoint import Checkpoint
 from receipt_streams.adapters.engine.ordering import InputBuffers
-from receipt_streams.adapters.engine.stores import Overlay, RocksStore, TableStore
-from receipt_streams.adapters.sending import Output, send_all
-from receipt_streams.adapters.supervise import supervise
-from receipt_streams.config import Settings
-from receipt_streams.core.dlq import Source
-from receipt_streams.core.processor import (
-    FEDERATION_IN,
-    FEDERATION_OUT,
-    Effect,
-    Emit,
-    HeldRemoval,
-    Limits,
-    Processor,
-    SendDlq,
+from receipt_streams.adapters.engine.restore import restore
+from receipt_streams.adapters.engine.task import Backend, PartitionTask, rocks_backend
+from receipt_streams.adapters.supervise import LoopHealth, supervise
+from receipt_streams.adapters.transactions import (
+    AtLeastOnceSink,
+    Fenced,
+    PartitionSink,
+    TransactionalSink,
+    fence_and_seek,
+    producer,
+    read_committed,
 )
+from receipt_streams.config import Settings
 
 log = logging.getLogger(__name__)
 
-TABLES = ("receipts", "room_state", "held")
 _YIELD_EVERY = 250  # records folded between two turns of the event loop
-Backend = Callable[[str, int], TableStore]  # (table, partition) -> its store
-
-
-def rocks_backend(root: Path, cache_entries: int = 0) -> Backend:
-    # The held table holds only receipts waiting out their grace period: its keys fit in
-    # memory, and every join and event asks it for a key it almost never has.
-    return lambda table, partition: RocksStore(
-        root / f"{table}-{partition}", index_keys=table == "held", cache_entries=cache_entries
-    )
-
-
-Handler = Callable[[Source, int], list[Effect]]
-
-
-class Partition:
-    """One partition's stores, the overlays a batch goes through, its processor, and the
-    processor's handler for each input topic."""
-
-    def __init__(
-        self, number: int, stores: dict[str, TableStore], limits: Limits, s: Settings
-    ) -> None:
-        self.number = number
-        self.stores = stores
-        self.views = {name: Overlay(store) for name, store in stores.items()}
-        processor = self.processor = Processor(
-            self.views["receipts"], self.views["room_state"], self.views["held"], limits
-        )
-        self.handlers: dict[str, Handler] = {
-            s.topic_client: processor.client_receipt,
-            s.topic_membership: processor.membership,
-            s.topic_events: processor.room_event,
-            s.topic_federation_in: processor.remote_receipt,
-            s.topic_ticks: lambda src, now: processor.tick(number, now),
-        }
-
-    def close(self) -> None:
-        for store in self.stores.values():
-            store.close()
 
 
 class FoldEngine:
@@ -110,41 +58,41 @@ class FoldEngine:
         s = self.s = settings
         self.backend = backend or rocks_backend(s.data_dir / "stores", s.store_cache_entries)
         self.limits = limits_of(s)
-        self.changelogs = {
-            "receipts": s.changelog_receipts,
-            "room_state": s.changelog_state,
-            "held": s.changelog_held,
-        }
         self.room_keyed = set(s.room_keyed_inputs())
-        self.streams = {FEDERATION_IN: s.topic_federation_in, FEDERATION_OUT: s.topic_outbox}
-        self.splitter = Processor({}, {}, {}, self.limits)  # splitting EDUs reads no state
-        self.parts: dict[int, Partition] = {}
+        self.tasks: dict[int, PartitionTask] = {}
         self.to_restore: set[int] = set()
         self.assigned = False
         self.inputs = InputBuffers(settings.input_idle_ms)
         self.more_ready = False  # the last batch was cut at its limit: fold on, do not wait
         self.in_flight: asyncio.Task[None] | None = None  # the batch being made durable
         self.lock = asyncio.Lock()
+        self.health = LoopHealth.of(self.name)
+        self.shared: Any = None  # the plain producer: ticks, and at-least-once sinks
+        self.consumer: AIOKafkaConsumer | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
     def ready(self) -> bool:
-        """Partitions assigned, and every assigned partition's stores restored."""
-        return self.assigned and not self.to_restore
+        """Partitions assigned, every assigned task restored, and the loop not stuck."""
+        return self.assigned and not self.to_restore and self.health.problem() is None
 
     async def run_forever(self) -> None:
         await supervise(self.name, self.run, on_failure=self._reset)
 
     def _reset(self) -> None:
-        self.release(set(self.parts))
+        for task in self.tasks.values():
+            task.close()
+        self.tasks.clear()
+        self.to_restore.clear()
+        for tp in list(self.inputs.buffers):
+            self.inputs.drop(tp)
         self.assigned = False
 
     async def run(self) -> None:
         s = self.s
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers,
+        consumer = self.consumer = read_committed(
+            s,
             group_id=s.app_id,
-            enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=s.fold_batch_records,
             partition_assignment_strategy=(RangePartitionAssignor,),
@@ -152,20 +100,14 @@ class FoldEngine:
             heartbeat_interval_ms=int(s.session_timeout_s * 250),
             fetch_max_wait_ms=50,
         )
-        producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap_servers,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=s.producer_linger_ms,
-            max_batch_size=1000 * 1000,  # under the broker's default message.max.bytes
-        )
-        await producer.start()
+        self.shared = producer(s)
+        await self.shared.start()
         try:
             consumer.subscribe(
                 topics=[*s.room_keyed_inputs(), s.topic_federation], listener=_Rebalance(self)
             )
             await consumer.start()
-            ticks = asyncio.create_task(self._send_ticks(producer))
+            ticks = asyncio.create_task(self._send_ticks())
             try:
                 while True:
                     if self.in_flight is not None and self.in_flight.done():
@@ -174,10 +116,13 @@ class FoldEngine:
                     got = await consumer.getmany(timeout_ms=wait)
                     async with self.lock:
                         if self.to_restore:
-                            await self._restore(sorted(self.to_restore))
+                            await restore(s, [self.tasks[p] for p in sorted(self.to_restore)])
+                            self.to_restore.clear()
                         federation, partitions = await self._ready(consumer, got)
                         if federation or partitions:
-                            await self._fold_batch(federation, partitions, producer, consumer)
+                            await self._fold_batch(federation, partitions)
+                        elif self.in_flight is None or self.in_flight.done():
+                            self.health.succeeded()  # idle and nothing failing
                     await metrics.record_lag(self.name, consumer)
             finally:
                 ticks.cancel()
@@ -185,105 +130,59 @@ class FoldEngine:
                     self.in_flight.cancel()  # not committed: replayed at the next start
                 await asyncio.gather(ticks, self.settle(), return_exceptions=True)
                 self.in_flight = None
+                await self._close_tasks(set(self.tasks))
                 await consumer.stop()
+        except Fenced:
+            metrics.child(metrics.FENCED, self.name).inc()
+            raise
         finally:
-            await producer.stop()
+            await self.shared.stop()
             self._reset()
 
-    def assign(self, tps: list[TopicPartition]) -> None:
-        room_keyed = [(tp.topic, tp.partition) for tp in tps if tp.topic in self.room_keyed]
-        self.inputs.assign(room_keyed)
-        for p in {p for _, p in room_keyed} - set(self.parts):
-            self.parts[p] = Partition(
-                p, {table: self.backend(table, p) for table in TABLES}, self.limits, self.s
-            )
-            self.to_restore.add(p)
+    def _sink(self, p: int) -> PartitionSink:
+        if self.s.processing_guarantee == "exactly_once":
+            return TransactionalSink(self.s, f"{self.s.app_id}-{p}", self.s.app_id)
+        assert self.consumer is not None
+        return AtLeastOnceSink(self.shared, self.consumer)
+
+    async def assign(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
+        """New tasks: start their sinks (fencing earlier owners), re-read their committed
+        offsets, and queue their stores for restore."""
+        self.inputs.assign([(tp.topic, tp.partition) for tp in tps if tp.topic in self.room_keyed])
+        new = sorted({tp.partition for tp in tps} - set(self.tasks))
+        tasks = {p: PartitionTask(p, self.backend, self.limits, self.s, self._sink(p)) for p in new}
+        self.tasks.update(tasks)
+        self.to_restore.update(new)
+        await fence_and_seek(
+            consumer, [t.sink for t in tasks.values()], [tp for tp in tps if tp.partition in tasks]
+        )
         self.assigned = True
 
-    def release(self, partitions: set[int]) -> None:
+    async def _close_tasks(self, partitions: set[int]) -> None:
         for tp in list(self.inputs.buffers):
             if tp[1] in partitions:
                 self.inputs.drop(tp)
         for p in partitions:
-            part = self.parts.pop(p, None)
-            if part is not None:
-                part.close()
+            task = self.tasks.pop(p, None)
+            if task is not None:
+                task.close()
+                await task.sink.stop()
             self.to_restore.discard(p)
 
-    async def _send_ticks(self, producer: AIOKafkaProducer) -> None:
+    async def revoke(self, partitions: set[int]) -> None:
+        await self.settle()
+        if self.in_flight is not None and self.in_flight.done() and self.in_flight.exception():
+            # The batch in flight failed: the run loop raises it and starts over.
+            return
+        await self._close_tasks(partitions)
+
+    async def _send_ticks(self) -> None:
         """Drive the grace-period sweep on every partition, busy or idle."""
         while True:
             await asyncio.sleep(self.s.tick_interval_s)
             stamp = str(now_ms()).encode()
             for p in range(self.s.partitions):
-                await producer.send(self.s.topic_ticks, stamp, key=b"tick", partition=p)
-
-    # --- restore -------------------------------------------------------------------------
-
-    async def _restore(self, partitions: Sequence[int]) -> None:
-        """Bring each store from its changelog offset to the changelog's end."""
-        t0 = time.monotonic()
-        stores = {
-            TopicPartition(self.changelogs[table], p): (p, table)
-            for p in partitions
-            for table in TABLES
-        }
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.s.bootstrap_servers,
-            enable_auto_commit=False,
-            max_poll_records=20_000,
-            fetch_max_bytes=64 * 1024 * 1024,
-            max_partition_fetch_bytes=16 * 1024 * 1024,
-        )
-        await consumer.start()
-        restored = 0
-        try:
-            consumer.assign(list(stores))
-            ends = await consumer.end_offsets(list(stores))
-            remaining = set()
-            for tp, (p, table) in stores.items():
-                store = self.parts[p].stores[table]
-                start = 0 if store.offset is None else store.offset + 1
-                if start > ends[tp]:
-                    # The store outlived its changelog (the topic was recreated): start over.
-                    log.warning("store ahead of its changelog: rebuilt", extra={"tp": str(tp)})
-                    self._recreate(p, table)
-                    start = 0
-                if start < ends[tp]:
-                    consumer.seek(tp, start)
-                    remaining.add(tp)
-            while remaining:
-                got = await consumer.getmany(*remaining, timeout_ms=1000)
-                for tp, records in got.items():
-                    p, table = stores[tp]
-                    writes = {r.key: r.value for r in records}
-                    self.parts[p].stores[table].apply(writes, records[-1].offset)
-                    restored += len(records)
-                    if records[-1].offset + 1 >= ends[tp]:
-                        remaining.discard(tp)
-                for tp in list(remaining):  # the end may be a compacted-away or control record
-                    if await consumer.position(tp) >= ends[tp]:
-                        remaining.discard(tp)
-        finally:
-            await consumer.stop()
-        self.to_restore -= set(partitions)
-        log.info(
-            "stores restored",
-            extra={
-                "partitions": list(partitions),
-                "records": restored,
-                "seconds": round(time.monotonic() - t0, 3),
-            },
-        )
-
-    def _recreate(self, p: int, table: str) -> None:
-        part = self.parts[p]
-        store = part.stores[table]
-        store.close()
-        if isinstance(store, RocksStore):
-            RocksStore.destroy(store.path)
-        part.stores[table] = self.backend(table, p)
-        self.parts[p] = Partition(p, part.stores, self.limits, self.s)
+                await self.shared.send(self.s.topic_ticks, stamp, key=b"tick", partition=p)
 
     # --- one batch -----------------------------------------------------------------------
 
@@ -308,8 +207,8 @@ class FoldEngine:
         # A bounded batch, shared fairly by the partitions: a large batch costs more per
         # record (its memory is new to the process each time: page faults in the profile).
         limit = self.s.fold_batch_records
-        share = max(1, limit // max(1, len(self.parts)))
-        partitions = {p: ready for p in self.parts if (ready := self.inputs.take(p, now, share))}
+        share = max(1, limit // max(1, len(self.tasks)))
+        partitions = {p: ready for p in self.tasks if (ready := self.inputs.take(p, now, share))}
         self.more_ready = any(len(ready) >= share for ready in partitions.values())
         # Back-pressure: a topic that runs ahead of its partition's others stops fetching.
         paused = consumer.paused()
@@ -322,120 +221,35 @@ class FoldEngine:
                 consumer.resume(tp)
         return federation, partitions
 
-    async def _fold_batch(
-        self,
-        federation: list[Any],
-        partitions: dict[int, list[Any]],
-        producer: AIOKafkaProducer,
-        consumer: AIOKafkaConsumer,
-    ) -> None:
-        """Fold a batch, then hand it to a task that makes it durable, and let the next batch
-        be folded meanwhile: at most one batch is in flight while the next one folds."""
+    async def _fold_batch(self, federation: list[Any], partitions: dict[int, list[Any]]) -> None:
+        """Fold a batch, then hand it to a checkpoint made durable in a task of its own, and
+        let the next batch be folded meanwhile: at most one batch is in flight."""
         now = now_ms()
-        outputs = self.fold(federation, {}, now)
+        tally = Tally()
+        for record in federation:  # keyed by origin: split, each entry routed to its room
+            self.tasks[record.partition].fold([record], now, tally)
         for p, records in partitions.items():
+            task = self.tasks[p]
             for i in range(0, len(records), _YIELD_EVERY):
-                outputs += self.fold([], {p: records[i : i + _YIELD_EVERY]}, now)
-                await asyncio.sleep(0)  # the batch in flight gets on with its acks meanwhile
-        touched = [self.parts[p] for p in partitions]
-        first, held = self.changelog_writes(touched)
-        sealed = [
-            (part, table, view.seal()) for part in touched for table, view in part.views.items()
-        ]
-        done: dict[TopicPartition, int] = {}
-        for record in federation + [r for records in partitions.values() for r in records]:
-            tp = TopicPartition(record.topic, record.partition)
-            done[tp] = max(record.offset + 1, done.get(tp, 0))
+                task.fold(records[i : i + _YIELD_EVERY], now, tally)
+                await asyncio.sleep(0)  # the batch in flight gets on with its commit meanwhile
+        tally.flush()
+        sealed = [(task, batch) for task in self.tasks.values() if (batch := task.seal())]
         previous = self.in_flight
-        self.in_flight = asyncio.create_task(
-            self._make_durable(previous, outputs + first, held, sealed, done, producer, consumer)
-        )
+        self.in_flight = asyncio.create_task(self._checkpoint(Checkpoint(sealed), previous))
         if previous is not None:
-            await previous
+            await asyncio.gather(previous, return_exceptions=True)
 
-    async def _make_durable(
-        self,
-        previous: asyncio.Task[None] | None,
-        first: list[Output],
-        held: list[Output],
-        sealed: list[tuple[Partition, str, dict[bytes, bytes | None]]],
-        done: dict[TopicPartition, int],
-        producer: AIOKafkaProducer,
-        consumer: AIOKafkaConsumer,
+    async def _checkpoint(
+        self, checkpoint: Checkpoint, previous: asyncio.Task[None] | None
     ) -> None:
-        """After the batch before it: send the outputs and the receipts and room-state
-        changelog writes, then the held writes, each waiting for its acks; write the stores
-        with the changelog offsets reached; commit the inputs."""
-        if previous is not None:
-            await previous  # batches become durable in order; a failure stops the ones after
-        offsets = await send_all(producer, first)
-        offsets.update(await send_all(producer, held))
-        for part, table, writes in sealed:
-            part.stores[table].apply(writes, offsets.get((self.changelogs[table], part.number)))
-            part.views[table].settle(writes)
-        try:
-            await consumer.commit(done)
-        except (CommitFailedError, KafkaError) as exc:
-            # A rebalance took the partitions: the new owner replays from the last commit.
-            log.warning("fold offsets not committed", extra={"error": repr(exc)})
+        await checkpoint.commit(previous)
+        self.health.succeeded()
 
     async def settle(self) -> None:
         """Wait for the batch in flight; its failure is the run loop's to raise."""
         if self.in_flight is not None:
             await asyncio.gather(self.in_flight, return_exceptions=True)
-
-    def fold(
-        self, federation: list[Any], partitions: dict[int, list[Any]], now: int
-    ) -> list[Output]:
-        """Run records through the core: inbound EDUs, then each partition's records in
-        order. Returns the outputs; table writes stay in the partitions' overlays until
-        `changelog_writes`."""
-        outputs: list[Output] = []
-        tally = Tally()
-        for record in federation:  # keyed by origin: split, route each entry to its room
-            tally.input(record.topic)
-            effects = guarded(self.splitter, self.splitter.federation_edu, record, now)
-            self._carry_out(None, effects, "federation", outputs, tally)
-        for p, records in partitions.items():
-            part = self.parts[p]
-            for record in records:
-                tally.input(record.topic)
-                effects = guarded(part.processor, part.handlers[record.topic], record, now)
-                source = "federation" if record.topic == self.s.topic_federation_in else "client"
-                self._carry_out(part, effects, source, outputs, tally)
-        tally.flush()
-        return outputs
-
-    def changelog_writes(self, parts: Sequence[Partition]) -> tuple[list[Output], list[Output]]:
-        """The batch's table writes as changelog records: receipts and room state, then held
-        receipts (sent only once the first list is acknowledged)."""
-        first: list[Output] = []
-        held: list[Output] = []
-        for part in parts:
-            for table, view in part.views.items():
-                out = held if table == "held" else first
-                topic = self.changelogs[table]
-                out.extend((topic, k, v, part.number) for k, v in view.pending.items())
-        return first, held
-
-    def _carry_out(
-        self,
-        part: Partition | None,
-        effects: list[Effect],
-        source: str,
-        outputs: list[Output],
-        tally: Tally,
-    ) -> None:
-        for effect in effects:
-            tally.effect(effect, source)
-            if isinstance(effect, SendDlq):
-                outputs.append((self.s.topic_dlq, effect.topic.encode(), effect.record, None))
-            elif isinstance(effect, Emit):
-                outputs.append((self.streams[effect.stream], effect.key, effect.value, None))
-            elif isinstance(effect, HeldRemoval) and part is not None:
-                # In the overlay at once, so the rest of the batch sees it; on the changelog
-                # only after everything the held records became is acknowledged.
-                part.processor.held.remove(effect.key, effect.records)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -447,11 +261,9 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         async with self.engine.lock:
-            await self.engine.settle()
-            self.engine.release(
-                {tp.partition for tp in revoked if tp.topic in self.engine.room_keyed}
-            )
+            await self.engine.revoke({tp.partition for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         async with self.engine.lock:
-            self.engine.assign(list(assigned))
+            assert self.engine.consumer is not None
+            await self.engine.assign(self.engine.consumer, list(assigned))

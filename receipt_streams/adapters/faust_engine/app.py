@@ -19,19 +19,11 @@ from receipt_streams.adapters.api.app import Api, serving
 from receipt_streams.adapters.api.auth import verifier_for
 from receipt_streams.adapters.api.sync_feed import SyncFeed
 from receipt_streams.adapters.clock import now_ms
-from receipt_streams.adapters.effects import count, guarded, limits_of
-from receipt_streams.adapters.relays.relay import DeltaRelay, EduRelay
+from receipt_streams.adapters.effects import Output, Router, Tally, limits_of
+from receipt_streams.adapters.relays.deltas import DeltaRelay
+from receipt_streams.adapters.relays.edus import EduRelay
 from receipt_streams.config import Settings
-from receipt_streams.core.dlq import Source
-from receipt_streams.core.processor import (
-    FEDERATION_IN,
-    FEDERATION_OUT,
-    Effect,
-    Emit,
-    HeldRemoval,
-    Processor,
-    SendDlq,
-)
+from receipt_streams.core.processor import FEDERATION_IN, FEDERATION_OUT, HeldRemoval, Processor
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +62,11 @@ def create_app(s: Settings) -> faust.App:
         for name in ("receipts", "room_state", "held")
     }
     processor = Processor(tables["receipts"], tables["room_state"], tables["held"], limits_of(s))
-    handlers = {
-        s.topic_client: processor.client_receipt,
-        s.topic_membership: processor.membership,
-        s.topic_events: processor.room_event,
-        s.topic_federation_in: processor.remote_receipt,
+    router = Router(processor, s)
+    topics = {
+        s.topic_dlq: dlq,
+        s.topic_federation_in: streams[FEDERATION_IN],
+        s.topic_outbox: streams[FEDERATION_OUT],
     }
 
     # Held records to forget, per partition: applied at that partition's next tick, after
@@ -82,17 +74,19 @@ def create_app(s: Settings) -> faust.App:
     # Faust flushes before every commit too, so one flush per tick replaces one per release.
     forget: dict[int, list[HeldRemoval]] = {}
 
-    async def carry_out(effects: list[Effect], source: str) -> None:
-        for effect in effects:
-            count(effect, source)
-            if isinstance(effect, SendDlq):
-                # force: send now, not as an "attachment" published one by one at the next
-                # commit; faust flushes the producer before committing, so nothing is lost.
-                await dlq.send(key=effect.topic.encode(), value=effect.record, force=True)
-            elif isinstance(effect, Emit):
-                await streams[effect.stream].send(key=effect.key, value=effect.value, force=True)
-            elif isinstance(effect, HeldRemoval):
-                forget.setdefault(effect.partition, []).append(effect)
+    async def run(msg: Any) -> None:
+        """One record through the core; its outputs sent at once ("force": not as an
+        attachment published one by one at the next commit; faust flushes the producer
+        before committing, so nothing is lost)."""
+        metrics.child(metrics.INPUTS, msg.topic).inc()
+        outputs: list[Output] = []
+        tally = Tally()
+        effects = router.handle(msg, now_ms())
+        for removal in router.carry_out(effects, router.source_of(msg.topic), outputs, tally):
+            forget.setdefault(removal.partition, []).append(removal)
+        tally.flush()
+        for topic, key, value, _ in outputs:
+            await topics[topic].send(key=key, value=value, force=True)
 
     async def forget_released(partition: int) -> None:
         """Runs while a tick of `partition` is processed, so the writes land there."""
@@ -102,15 +96,6 @@ def create_app(s: Settings) -> faust.App:
             for removal in removals:
                 processor.held.remove(removal.key, removal.records)
 
-    def run(handler: Any, msg: Any) -> list[Effect]:
-        metrics.child(metrics.INPUTS, msg.topic).inc()
-        return guarded(processor, handler, msg, now_ms())
-
-    def tick(src: Source, now: int) -> list[Effect]:
-        return processor.tick(src.partition, now)
-
-    handlers[s.topic_ticks] = tick
-
     @app.agent(inputs, concurrency=1)
     async def fold(stream: Any) -> None:
         async for event in stream.events():
@@ -118,8 +103,7 @@ def create_app(s: Settings) -> faust.App:
             tick = msg.topic == s.topic_ticks
             if tick:
                 await forget_released(msg.partition)
-            source = "federation" if msg.topic == s.topic_federation_in else "client"
-            await carry_out(run(handlers[msg.topic], msg), source)
+            await run(msg)
             if tick:
                 # Expired receipts are forgotten at once (after their DLQ records are
                 # durable): a release before the next tick must not fold them as well.
@@ -129,7 +113,7 @@ def create_app(s: Settings) -> faust.App:
     async def split_federation(stream: Any) -> None:
         """Inbound EDUs are keyed by origin: split them and route each entry to its room."""
         async for event in stream.events():
-            await carry_out(run(processor.federation_edu, event.message), "federation")
+            await run(event.message)
 
     @app.timer(5.0)
     async def fold_lag() -> None:

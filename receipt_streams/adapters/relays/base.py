@@ -1,0 +1,194 @@
+"""A relay: a consumer group on an internal log the fold writes, batched into outputs.
+
+Each source partition is a task of its own: its state (records or pending entries) and the
+sink its outputs and offsets are published by. With `exactly_once`, a task's outputs and
+offsets go out in one transaction on a producer whose id names the relay and the partition
+(`<app_id>-<relay>-<partition>`), so a relay that was paused past its session is fenced as
+soon as the partition's new owner starts, and cannot publish what it built before its pause.
+It reads the log read-committed: only what the fold committed. A revoked partition's state is
+dropped with it; a failing cycle restarts the relay from its last commit (and `/readyz` says
+so when it keeps failing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+
+from receipt_streams.adapters import metrics
+from receipt_streams.adapters.clock import now_ms
+from receipt_streams.adapters.effects import Output
+from receipt_streams.adapters.supervise import LoopHealth, supervise
+from receipt_streams.adapters.transactions import (
+    AtLeastOnceSink,
+    Fenced,
+    PartitionSink,
+    TransactionalSink,
+    fence_and_seek,
+    producer,
+    read_committed,
+)
+from receipt_streams.config import Settings
+
+log = logging.getLogger(__name__)
+
+State = TypeVar("State")
+
+
+class Relay(ABC, Generic[State]):
+    name = "relay"
+
+    def __init__(self, settings: Settings, source_topic: str, window_ms: int) -> None:
+        self.s = settings
+        self.source_topic = source_topic
+        self.window = window_ms / 1000
+        self.group_id = f"{settings.app_id}-{self.name}"
+        self.states: dict[TopicPartition, State] = {}
+        self.sinks: dict[TopicPartition, PartitionSink] = {}
+        self.committed: dict[TopicPartition, int] = {}
+        self.lock = asyncio.Lock()
+        self.health = LoopHealth.of(self.name)
+        self.consumer: AIOKafkaConsumer | None = None
+        self.shared: Any = None
+
+    # --- what a relay does with one partition ---------------------------------------------
+
+    @abstractmethod
+    def new_state(self) -> State: ...
+
+    @abstractmethod
+    def absorb(self, state: State, tp: TopicPartition, records: Sequence[Any]) -> None:
+        """Take in consumed records (in offset order)."""
+
+    @abstractmethod
+    def drain(self, state: State, now: int) -> list[Output]:
+        """The outputs due now."""
+
+    @abstractmethod
+    def position(self, state: State) -> int | None:
+        """The offset safe to commit once `drain`'s outputs are published."""
+
+    def idle_poll_ms(self) -> int:
+        return 500
+
+    # --- the loop ------------------------------------------------------------------------
+
+    async def run_forever(self) -> None:
+        await supervise(self.name, self.run, on_failure=self._reset)
+
+    def _reset(self) -> None:
+        self.states.clear()
+        self.committed.clear()
+
+    async def run(self) -> None:
+        s = self.s
+        self.consumer = consumer = read_committed(
+            s,
+            group_id=self.group_id,
+            auto_offset_reset="earliest",
+            max_poll_records=5000,
+            session_timeout_ms=int(s.session_timeout_s * 1000),
+            heartbeat_interval_ms=int(s.session_timeout_s * 250),
+        )
+        self.shared = producer(s)
+        await self.shared.start()
+        try:
+            consumer.subscribe([self.source_topic], listener=_Rebalance(self))
+            await consumer.start()
+            try:
+                while True:
+                    await self._collect(consumer)
+                    async with self.lock:
+                        await self._publish(now_ms())
+                    self.health.succeeded()
+                    await metrics.record_lag(self.name, consumer)
+            finally:
+                await self._drop(set(self.sinks))
+                await consumer.stop()
+        except Fenced:
+            metrics.child(metrics.FENCED, self.name).inc()
+            raise
+        finally:
+            await self.shared.stop()
+            self._reset()
+
+    async def _collect(self, consumer: AIOKafkaConsumer) -> None:
+        got = await consumer.getmany(timeout_ms=self.idle_poll_ms())
+        if not got:
+            return
+        deadline = time.monotonic() + self.window
+        while True:
+            async with self.lock:  # a rebalance may have taken a partition meanwhile
+                for tp, records in got.items():
+                    if tp in self.states:
+                        self.absorb(self.states[tp], tp, records)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            got = await consumer.getmany(timeout_ms=max(1, int(left * 1000)))
+
+    async def _publish(self, now: int) -> None:
+        """Each partition's due outputs and its new position, through its sink."""
+        jobs = []
+        for tp, state in self.states.items():
+            outputs = self.drain(state, now)
+            position = self.position(state)
+            moved = position is not None and position != self.committed.get(tp)
+            if outputs or moved:
+                offsets = {tp: position} if moved and position is not None else {}
+                jobs.append(self._publish_one(tp, outputs, offsets))
+        await asyncio.gather(*jobs)
+
+    async def _publish_one(
+        self, tp: TopicPartition, outputs: list[Output], offsets: dict[TopicPartition, int]
+    ) -> None:
+        await self.sinks[tp].publish([outputs], offsets)
+        if tp in offsets:
+            self.committed[tp] = offsets[tp]
+
+    # --- rebalance -----------------------------------------------------------------------
+
+    def _sink(self, tp: TopicPartition) -> PartitionSink:
+        if self.s.processing_guarantee == "exactly_once":
+            tid = f"{self.s.app_id}-{self.name}-{tp.partition}"
+            return TransactionalSink(self.s, tid, self.group_id)
+        assert self.consumer is not None
+        return AtLeastOnceSink(self.shared, self.consumer)
+
+    async def assign(self, tps: list[TopicPartition]) -> None:
+        new = [tp for tp in tps if tp not in self.sinks]
+        sinks = {tp: self._sink(tp) for tp in new}
+        self.sinks.update(sinks)
+        for tp in new:
+            self.states[tp] = self.new_state()
+        assert self.consumer is not None
+        await fence_and_seek(self.consumer, list(sinks.values()), new)
+
+    async def _drop(self, tps: set[TopicPartition]) -> None:
+        """Forget revoked partitions: their state and sinks (their new owner re-reads from
+        the last commit), and the position committed for them."""
+        for tp in tps:
+            self.states.pop(tp, None)
+            self.committed.pop(tp, None)
+            sink = self.sinks.pop(tp, None)
+            if sink is not None:
+                await sink.stop()
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, relay: Relay[Any]) -> None:
+        self.relay = relay
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        async with self.relay.lock:
+            await self.relay._drop(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        async with self.relay.lock:
+            await self.relay.assign(list(assigned))
