@@ -1,9 +1,13 @@
-# The receipt-streams worker image (used by docker-compose.yml).
+# The receipt-streams image: every role (worker, api, relays, topics, import-synapse), used by
+# docker-compose.yml and deploy/kubernetes/. Runs as an unprivileged user (uid 10001).
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY receipt_streams ./receipt_streams
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir . \
+    && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin receipt-streams \
+    && mkdir /data && chown receipt-streams /data
+USER 10001
 ENV RECEIPT_STREAMS_DATA_DIR=/data \
     RECEIPT_STREAMS_WEB_HOST=0.0.0.0
 VOLUME /data

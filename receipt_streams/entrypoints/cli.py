@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     schemas = sub.add_parser("schemas", help="write the topics' JSON Schemas")
     schemas.add_argument("--out", default="schemas", help="folder (default: schemas)")
     schemas.set_defaults(func=_cmd_schemas)
+    # import-synapse (issue 13, migration in): arguments and handler live with the importer.
+    from receipt_streams.migrate.cli import add_import_synapse
+
+    add_import_synapse(sub)
     return parser
 
 
