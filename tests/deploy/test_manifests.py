@@ -23,15 +23,6 @@ PROMETHEUS = ROOT / "deploy" / "prometheus"
 DASHBOARD = ROOT / "deploy" / "grafana" / "receipt-streams.json"
 COMPOSE = ROOT / "docker-compose.yml"
 
-# Metrics the lead is adding to the package (issue 13: loop supervision). Tolerated while the
-# package does not register them yet; remove this set once it does (a test says when).
-EXPECTED_SOON = frozenset(
-    {
-        "receipt_streams_loop_restarts_total",
-        "receipt_streams_loop_last_success_timestamp_seconds",
-        "receipt_streams_loop_stuck",
-    }
-)
 METRIC = re.compile(r"\breceipt_streams_[a-z0-9_]+")
 REGISTERED = re.compile(r"\b(?:Counter|Gauge|Histogram|Summary|Info|Enum)\(\s*\"([a-zA-Z0-9_:]+)\"")
 
@@ -296,11 +287,5 @@ def _used_metrics() -> dict[str, set[str]]:
 def test_metric_names_exist_in_the_package(where: str) -> None:
     used = _used_metrics()[where]
     assert used
-    unknown = used - registered_metrics() - EXPECTED_SOON
+    unknown = used - registered_metrics()
     assert not unknown, f"{where} uses metrics the package does not register: {unknown}"
-
-
-def test_expected_soon_metrics_are_still_missing() -> None:
-    """Fails once the package registers them: then delete EXPECTED_SOON's exception."""
-    arrived = EXPECTED_SOON & registered_metrics()
-    assert not arrived, f"registered now, remove from EXPECTED_SOON: {sorted(arrived)}"
