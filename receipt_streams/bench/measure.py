@@ -53,7 +53,7 @@ def write_result(out_dir: Path, name: str, result: dict[str, Any]) -> Path:
 
 
 async def end_offsets(bootstrap: str, topics: Sequence[str]) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
     await consumer.start()
     try:
         tps = [
@@ -101,7 +101,9 @@ async def group_caught_up(bootstrap: str, group: str, topics: Sequence[str]) -> 
 async def record_times(bootstrap: str, topics: Sequence[str], first: bool) -> float | None:
     """The earliest (first=True) or latest timestamp, in seconds, of the topics' records."""
     ends = await end_offsets(bootstrap, topics)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+    )
     await consumer.start()
     try:
         stamps = []

@@ -41,6 +41,7 @@ class Bench:
     bootstrap: str
     seed: int = 1
     partitions: int = 4
+    guarantee: str = "exactly_once"  # RECEIPT_STREAMS_PROCESSING_GUARANTEE of the workers
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="rs-bench-")))
 
     def settings(self, **overrides: Any) -> Settings:
@@ -53,6 +54,7 @@ class Bench:
             "session_timeout_s": 10.0,
             "rate_limit_per_s": 0.0,
             "log_level": "WARNING",
+            "processing_guarantee": self.guarantee,
         }
         base.update(overrides)
         return worker_settings(self.bootstrap, self.workdir, **base)
@@ -208,6 +210,7 @@ async def bench_fold(b: Bench, receipts: int, relays_apart: bool = True) -> dict
         **out,
         "partitions": b.partitions,
         "relays": "apart" if relays_apart else "in the worker",
+        "guarantee": b.guarantee,
     }
 
 

@@ -30,6 +30,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     chosen = (
         ["fold", "ingest", "latency", "recovery"] if args.scenario == "all" else [args.scenario]
     )
+    guarantees = ["exactly_once", "at_least_once"] if args.guarantee == "both" else [args.guarantee]
     runs = {
         "fold": lambda: bench_fold(b, args.receipts, relays_apart=not args.relays_inline),
         "ingest": lambda: bench_ingest(b, args.requests, args.concurrency),
@@ -37,9 +38,18 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         "recovery": lambda: bench_recovery(b, args.keys, serve_api=not args.split_api),
     }
     results = {}
-    for name in chosen:
+    jobs = [
+        (name, guarantee)
+        for name in chosen
+        for guarantee in (guarantees if name in ("fold", "latency") else guarantees[:1])
+    ]
+    for name, guarantee in jobs:
+        b.guarantee = guarantee
         started = time.time()
         result = await runs[name]()
+        result["guarantee"] = guarantee
+        if name in ("fold", "latency") and len(guarantees) > 1:
+            name = f"{name}-{guarantee}"
         result["machine"] = {
             "cpus": __import__("os").cpu_count(),
             "python": platform.python_version(),

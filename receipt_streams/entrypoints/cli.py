@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fold: the relays in the worker, not in a `receipt-streams relays` process",
     )
+    bench.add_argument(
+        "--guarantee",
+        choices=["exactly_once", "at_least_once", "both"],
+        default="both",
+        help="fold and latency: the workers' processing guarantee (both: one run of each)",
+    )
     bench.add_argument("--seed", type=int, default=1)
     bench.add_argument("--out", default="bench-results", help="folder for the JSON results")
     bench.set_defaults(func=_cmd_bench)

@@ -69,6 +69,7 @@ class FoldEngine:
         self.health = LoopHealth.of(self.name)
         self.shared: Any = None  # the plain producer: ticks, and at-least-once sinks
         self.consumer: AIOKafkaConsumer | None = None
+        self.committed: dict[TopicPartition, int] = {}  # input offsets made durable
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -84,6 +85,7 @@ class FoldEngine:
             task.close()
         self.tasks.clear()
         self.to_restore.clear()
+        self.committed.clear()
         for tp in list(self.inputs.buffers):
             self.inputs.drop(tp)
         self.assigned = False
@@ -119,7 +121,8 @@ class FoldEngine:
                             await restore(s, [self.tasks[p] for p in sorted(self.to_restore)])
                             self.to_restore.clear()
                         federation, partitions = await self._ready(consumer, got)
-                        if federation or partitions:
+                        moved = await self._positions_moved(consumer)
+                        if federation or partitions or moved:
                             await self._fold_batch(federation, partitions)
                         elif self.in_flight is None or self.in_flight.done():
                             self.health.succeeded()  # idle and nothing failing
@@ -221,6 +224,21 @@ class FoldEngine:
                 consumer.resume(tp)
         return federation, partitions
 
+    async def _positions_moved(self, consumer: AIOKafkaConsumer) -> bool:
+        """Put in the tasks' batches the position of every input partition with nothing
+        left to fold: past a transaction marker, the position is beyond the last record, and
+        a group caught up commits it (else it would show a lag of one forever)."""
+        moved = False
+        for tp in consumer.assignment():
+            task = self.tasks.get(tp.partition)
+            if task is None or self.inputs.buffered((tp.topic, tp.partition)):
+                continue
+            position = await consumer.position(tp)
+            if position > max(task.offsets.get(tp, -1), self.committed.get(tp, -1)):
+                task.offsets[tp] = position
+                moved = True
+        return moved
+
     async def _fold_batch(self, federation: list[Any], partitions: dict[int, list[Any]]) -> None:
         """Fold a batch, then hand it to a checkpoint made durable in a task of its own, and
         let the next batch be folded meanwhile: at most one batch is in flight."""
@@ -244,6 +262,8 @@ class FoldEngine:
         self, checkpoint: Checkpoint, previous: asyncio.Task[None] | None
     ) -> None:
         await checkpoint.commit(previous)
+        for _, batch in checkpoint.batches:
+            self.committed.update(batch.offsets)
         self.health.succeeded()
 
     async def settle(self) -> None:

@@ -71,8 +71,9 @@ class Relay(ABC, Generic[State]):
         """The outputs due now."""
 
     @abstractmethod
-    def position(self, state: State) -> int | None:
-        """The offset safe to commit once `drain`'s outputs are published."""
+    def position(self, state: State, consumed: int) -> int | None:
+        """The offset safe to commit once `drain`'s outputs are published; `consumed` is
+        the consumer's position (past any transaction marker after the last record)."""
 
     def idle_poll_ms(self) -> int:
         return 500
@@ -105,7 +106,7 @@ class Relay(ABC, Generic[State]):
                 while True:
                     await self._collect(consumer)
                     async with self.lock:
-                        await self._publish(now_ms())
+                        await self._publish(consumer, now_ms())
                     self.health.succeeded()
                     await metrics.record_lag(self.name, consumer)
             finally:
@@ -133,12 +134,12 @@ class Relay(ABC, Generic[State]):
                 return
             got = await consumer.getmany(timeout_ms=max(1, int(left * 1000)))
 
-    async def _publish(self, now: int) -> None:
+    async def _publish(self, consumer: AIOKafkaConsumer, now: int) -> None:
         """Each partition's due outputs and its new position, through its sink."""
         jobs = []
         for tp, state in self.states.items():
             outputs = self.drain(state, now)
-            position = self.position(state)
+            position = self.position(state, await consumer.position(tp))
             moved = position is not None and position != self.committed.get(tp)
             if outputs or moved:
                 offsets = {tp: position} if moved and position is not None else {}

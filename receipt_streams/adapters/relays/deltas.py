@@ -16,11 +16,10 @@ from receipt_streams.core.deltas import plan_deltas
 
 
 class Window:
-    """One changelog partition's records of the window, and how far they were drained."""
+    """One changelog partition's records of the window."""
 
     def __init__(self) -> None:
         self.records: list[Any] = []
-        self.drained: int | None = None
 
 
 class DeltaRelay(Relay[Window]):
@@ -44,10 +43,9 @@ class DeltaRelay(Relay[Window]):
             (self.s.topic_sync, delta["room_id"].encode(), orjson.dumps(delta), None)
             for delta in plan_deltas(((m.offset, m.key, m.value) for m in records), now)
         ]
-        state.drained = records[-1].offset + 1
         state.records = []
         metrics.DELTAS.inc(len(outputs))
         return outputs
 
-    def position(self, state: Window) -> int | None:
-        return state.drained
+    def position(self, state: Window, consumed: int) -> int | None:
+        return None if state.records else consumed

@@ -23,11 +23,10 @@ log = logging.getLogger(__name__)
 
 
 class EduQueue:
-    """One outbox partition's pending entries and how far it has been read."""
+    """One outbox partition's pending entries."""
 
     def __init__(self, queue: OutboundQueue) -> None:
         self.queue = queue
-        self.consumed: int | None = None
 
 
 class EduRelay(Relay[EduQueue]):
@@ -52,20 +51,16 @@ class EduRelay(Relay[EduQueue]):
                     "record at this offset)",
                     extra={"partition": tp.partition, "offset": m.offset},
                 )
-        if records:
-            state.consumed = records[-1].offset + 1
 
     def drain(self, state: EduQueue, now: int) -> list[Output]:
         edus = state.queue.flush(now)
         metrics.EDUS.inc(len(edus))
         return [(self.s.topic_edus, e["destination"].encode(), orjson.dumps(e), None) for e in edus]
 
-    def position(self, state: EduQueue) -> int | None:
+    def position(self, state: EduQueue, consumed: int) -> int | None:
         """Up to the oldest record with an entry still pending (paced)."""
         pending = state.queue.pending_sources()
-        if pending:
-            return min(pending)
-        return state.consumed
+        return min(pending) if pending else consumed
 
     def idle_poll_ms(self) -> int:
         if any(state.queue.pending for state in self.states.values()):
