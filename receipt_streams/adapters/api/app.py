@@ -58,6 +58,7 @@ CORS_HEADERS = {
     "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS",
     "Access-Control-Allow-Headers": "X-Requested-With, Content-Type, Authorization",
 }
+QUERY = web.RequestKey("query", dict)  # the strictly decoded query string, parsed once
 # Metric label values stay bounded whatever method a client invents.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 
@@ -210,10 +211,9 @@ class Api:
 
     @staticmethod
     def _query(request: web.Request) -> dict[str, str]:
-        if "query" not in request:
-            request["query"] = query_params(request.rel_url.raw_query_string)
-        query: dict[str, str] = request["query"]
-        return query
+        if QUERY not in request:
+            request[QUERY] = query_params(request.rel_url.raw_query_string)
+        return request[QUERY]
 
     async def _body(self, request: web.Request) -> bytes:
         limit = self.s.http_max_body_bytes
