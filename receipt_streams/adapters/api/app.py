@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from receipt_streams.adapters.api.auth import TokenVerifier, VerifierUnavailable, admin_tokens_for
+from receipt_streams.adapters.api.protocol import MatrixAppRunner
 from receipt_streams.adapters.api.sync_feed import SyncFeed
 from receipt_streams.config import Settings
 from receipt_streams.core.client_api import (
@@ -384,8 +385,8 @@ class Api:
 @contextlib.asynccontextmanager
 async def serving(api: Api, s: Settings) -> AsyncIterator[None]:
     """Serve `api` on the client and the admin listener for the duration of the block."""
-    runners = [web.AppRunner(api.app(), access_log=None)]
-    runners.append(web.AppRunner(api.admin_app(), access_log=None))
+    runners = [MatrixAppRunner(api.app(), access_log=None)]
+    runners.append(MatrixAppRunner(api.admin_app(), access_log=None))
     try:
         for runner, host, port in zip(
             runners, (s.web_host, s.admin_host), (s.web_port, s.admin_port), strict=True

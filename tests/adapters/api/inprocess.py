@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
 from receipt_streams.adapters.api.app import Api
+from receipt_streams.adapters.api.protocol import MatrixAppRunner
 from receipt_streams.adapters.api.sync_feed import SyncFeed
 from receipt_streams.config import Settings
 from receipt_streams.core.receipts import Receipt, ReceiptKey
@@ -70,12 +72,19 @@ def make_api(s: Settings) -> tuple[Api, StubProducer]:
     return Api(s, feed, StaticVerifier(), ready=lambda: True, producer=producer), producer  # type: ignore[arg-type]
 
 
+class MatrixTestServer(TestServer):
+    """A test server with the production runner (Matrix JSON for parser errors too)."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        return MatrixAppRunner(self.app, **kwargs)
+
+
 @contextlib.asynccontextmanager
 async def clients(api: Api) -> AsyncIterator[tuple[TestClient, TestClient]]:
     """Test clients of the client listener and of the admin listener."""
     async with (
-        TestClient(TestServer(api.app())) as client,
-        TestClient(TestServer(api.admin_app())) as admin,
+        TestClient(MatrixTestServer(api.app())) as client,
+        TestClient(MatrixTestServer(api.admin_app())) as admin,
     ):
         yield client, admin
 

@@ -286,3 +286,32 @@ def _quote(text: str) -> str:
     from urllib.parse import quote
 
     return quote(text, safe="")
+
+
+@pytest.mark.parametrize(
+    "request_head, status, errcode",
+    [
+        (b"X / HTTP/1.1\r\nHost: h\r\n\r\n", 400, "M_UNRECOGNIZED"),  # the parser's own 400
+        (b"GET /healthz HTTP/1.1\r\nHost: h\r\nX-Long: " + b"a" * 20_000 + b"\r\n\r\n", 400, None),
+        (b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: h\r\n\r\n", 400, None),
+        (b"GET /healthz HTTP/1.1\r\nHost: h\r\nBad Header: x\r\n\r\n", 400, "M_UNRECOGNIZED"),
+    ],
+)
+async def test_requests_the_parser_refuses_get_matrix_errors_too(
+    tmp_path: Path, request_head: bytes, status: int, errcode: str | None
+) -> None:
+    import asyncio
+
+    api, _ = make_api(settings(tmp_path))
+    async with clients(api) as (client, _):
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        writer.write(request_head)
+        raw = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == str(status).encode()
+    assert b"content-type: application/json" in head.lower()
+    answer = orjson.loads(body)
+    assert answer["errcode"] == (errcode or answer["errcode"]) and answer["errcode"].startswith(
+        "M_"
+    )
