@@ -8,9 +8,13 @@ RUN pip install --no-cache-dir . \
     && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin receipt-streams \
     && mkdir /data && chown receipt-streams /data
 USER 10001
+# The client port listens on every interface; the admin listener (room receipts view behind
+# admin tokens, health, metrics) stays on the container's loopback unless the deployment sets
+# RECEIPT_STREAMS_ADMIN_HOST=0.0.0.0 and publishes 6067 on a private address only.
 ENV RECEIPT_STREAMS_DATA_DIR=/data \
-    RECEIPT_STREAMS_WEB_HOST=0.0.0.0
+    RECEIPT_STREAMS_WEB_HOST=0.0.0.0 \
+    RECEIPT_STREAMS_ADMIN_HOST=127.0.0.1
 VOLUME /data
-EXPOSE 6066
+EXPOSE 6066 6067
 ENTRYPOINT ["receipt-streams"]
 CMD ["worker"]

@@ -156,6 +156,39 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = Field(True, description="Structured JSON log lines.")
 
+    # --- HTTP hardening and the admin listener (issue 12) ---
+    admin_host: str = Field(
+        "127.0.0.1", description="Address of the admin listener (operators only)."
+    )
+    admin_port: int = Field(
+        6067,
+        ge=0,
+        le=65535,
+        description="Port of the admin listener: the room receipts view, /healthz, /readyz, "
+        "/metrics.",
+    )
+    admin_tokens_file: Path | None = Field(
+        None,
+        description="Admin access tokens (JSON list of strings); none: the admin receipts "
+        "view refuses every request.",
+    )
+    http_max_body_bytes: int = Field(
+        65_536, ge=1024, description="Larger request bodies get 413 M_TOO_LARGE."
+    )
+    sync_rate_limit_per_s: float = Field(
+        10.0, ge=0, description="/sync requests per second per user (0: no limit)."
+    )
+    sync_rate_limit_burst: float = Field(30.0, ge=1, description="/sync requests a user may burst.")
+    auth_failure_rate_limit_per_s: float = Field(
+        1.0,
+        ge=0,
+        description="Failed authentications per second per client IP (0: no limit); past "
+        "it, every request from that IP gets 429 until its bucket refills.",
+    )
+    auth_failure_rate_limit_burst: float = Field(
+        20.0, ge=1, description="Failed authentications a client IP may burst."
+    )
+
     @property
     def topic_federation_in(self) -> str:
         """Internal: inbound EDU entries repartitioned by room."""

@@ -45,6 +45,7 @@ def worker_settings(bootstrap: str, tmp: Path, **overrides: Any) -> Settings:
         "partitions": 2,
         "data_dir": tmp / f"worker-{tag}",
         "web_port": free_port(),
+        "admin_port": free_port(),
         "grace_period_s": 3.0,
         "tick_interval_s": 0.5,
         "commit_interval_s": 0.5,

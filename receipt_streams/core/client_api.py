@@ -6,7 +6,9 @@ remains the final judge (joins and events the API has not seen, thread membershi
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
 
 import orjson
 
@@ -79,6 +81,10 @@ def receipt_request(room_id: str, receipt_type: str, event_id: str, body: bytes)
         raise ApiError(400, "M_INVALID_PARAM", "thread_id must be a non-empty string")
     if (bad := check_thread_param(receipt_type, thread_id)) is not None:
         raise ApiError(400, "M_INVALID_PARAM", bad.message)
+    if thread_id is not None and not ids.valid_thread_id(thread_id):
+        raise ApiError(
+            400, "M_INVALID_PARAM", "thread_id must be 'main' or an event ID of at most 255 bytes"
+        )
     return ReceiptRequest(room_id, receipt_type, event_id, thread_id)
 
 
@@ -100,3 +106,72 @@ def refuse_if_not_joined(membership: str | None, user_id: str, room_id: str) -> 
     join may not have reached the view yet: the fold decides)."""
     if membership is not None and membership != "join":
         raise ApiError(403, "M_FORBIDDEN", f"{user_id} is not joined to {room_id}")
+
+
+# --- the request line, strictly -------------------------------------------------------------
+
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def decode_component(raw: str, what: str) -> str:
+    """A percent-encoded path segment or query part. Invalid escapes and invalid UTF-8 are a
+    400: lenient decoders keep them as literal text, which would make them part of an ID."""
+    if _BAD_ESCAPE.search(raw):
+        raise ApiError(400, "M_INVALID_PARAM", f"{what}: invalid percent-encoding")
+    try:
+        return unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "M_INVALID_PARAM", f"{what}: not UTF-8") from None
+
+
+def path_params(template: str, raw_path: str) -> dict[str, str]:
+    """The `{name}` segments of a route `template`, decoded from the raw request path."""
+    names, segments = template.split("/"), raw_path.split("/")
+    if len(names) != len(segments):
+        raise ApiError(400, "M_INVALID_PARAM", "Malformed path")
+    return {
+        name[1:-1]: decode_component(segment, name[1:-1])
+        for name, segment in zip(names, segments, strict=True)
+        if name.startswith("{") and name.endswith("}")
+    }
+
+
+def query_params(raw_query: str) -> dict[str, str]:
+    """A raw query string (`a=1&b=%41`, `+` for a space), strictly decoded; the first value of
+    a repeated name wins."""
+    out: dict[str, str] = {}
+    for part in raw_query.split("&"):
+        if not part:
+            continue
+        raw_name, _, raw_value = part.partition("=")
+        name = decode_component(raw_name.replace("+", " "), "query parameter name")
+        out.setdefault(name, decode_component(raw_value.replace("+", " "), name))
+    return out
+
+
+def bearer_token(authorization: str | None, query_token: str | None) -> str | None:
+    """The access token: `Authorization: Bearer <token>` (scheme case-insensitive, RFC 9110),
+    else the `access_token` query parameter."""
+    if authorization:
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return query_token or None
+
+
+_TOKEN = re.compile(r"[\x21-\x7e]{1,1024}")
+
+
+def plausible_token(token: str) -> bool:
+    """Printable ASCII, at most 1 KiB: anything else is refused unasked (a verifier would put
+    it in a header of its own request)."""
+    return _TOKEN.fullmatch(token) is not None
+
+
+def parse_flag(value: str | None, name: str) -> bool:
+    """A boolean query parameter: absent, `false` or `true`."""
+    if value is None or value == "false":
+        return False
+    if value == "true":
+        return True
+    raise ApiError(400, "M_INVALID_PARAM", f"{name} must be true or false")

@@ -100,3 +100,14 @@ def validate_room_id(value: object) -> str:
 
 def validate_event_id(value: object) -> str:
     return _opaque_id("event ID", "$", value)
+
+
+def valid_thread_id(value: object) -> bool:
+    """A receipt's `thread_id`: `main`, or a thread root's event ID of at most 255 bytes."""
+    if value == "main":
+        return True
+    try:
+        validate_event_id(value)
+    except InvalidId:
+        return False
+    return True

@@ -1,4 +1,5 @@
-"""Per-user token buckets for 429 M_LIMIT_EXCEEDED (time is passed in: pure and testable)."""
+"""Token buckets per user or client address for 429 M_LIMIT_EXCEEDED (time is passed in:
+pure and testable)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,16 @@ class RateLimiter:
             self._buckets[user] = (tokens - 1, now_s)
             return None
         self._buckets[user] = (tokens, now_s)
+        return max(1, math.ceil((1 - tokens) / self.rate_per_s * 1000))
+
+    def wait_ms(self, user: str, now_s: float) -> int | None:
+        """Like `check`, but takes no token: None if one is available, else the wait in ms."""
+        if self.rate_per_s <= 0 or user not in self._buckets:
+            return None
+        tokens, at = self._buckets[user]
+        tokens = min(self.burst, tokens + (now_s - at) * self.rate_per_s)
+        if tokens >= 1 - _EPSILON:
+            return None
         return max(1, math.ceil((1 - tokens) / self.rate_per_s * 1000))
 
     def _forget_idle(self, now_s: float) -> None:

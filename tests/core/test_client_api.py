@@ -7,10 +7,17 @@ import itertools
 import orjson
 import pytest
 
+from receipt_streams.core import ids
 from receipt_streams.core.client_api import (
     ApiError,
     ReceiptRequest,
+    bearer_token,
+    decode_component,
     json_object,
+    parse_flag,
+    path_params,
+    plausible_token,
+    query_params,
     read_markers_request,
     receipt_request,
     refuse_if_not_joined,
@@ -204,3 +211,135 @@ def test_api_error_body() -> None:
     assert ApiError(400, "M_NOT_JSON", "x").body() == {"errcode": "M_NOT_JSON", "error": "x"}
     with pytest.raises(ApiError):
         raise err
+
+
+# --- thread_id grammar (issue 12) ------------------------------------------------------------
+
+LONG_EVENT = "$" + "x" * 254  # 255 bytes: the most an ID may have
+
+
+@pytest.mark.parametrize(
+    "thread_id",
+    ["x" * 300, "$" + "x" * 255, "root", "$a b", "$a\x00", "Main", "main ", '"""', "$é:hs1"],
+)
+def test_receipt_thread_id_must_be_main_or_an_event_id(thread_id: str) -> None:
+    body = orjson.dumps({"thread_id": thread_id})
+    assert error_of(receipt_request, ROOM, "m.read", EVENT, body) == (400, "M_INVALID_PARAM")
+
+
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        ("main", True),
+        ("$root:hs1", True),
+        ("$opaque", True),
+        (LONG_EVENT, True),
+        (LONG_EVENT + "x", False),
+        ("", False),
+        ("root", False),
+        (None, False),
+        (5, False),
+    ],
+)
+def test_valid_thread_id(value: object, ok: bool) -> None:
+    assert ids.valid_thread_id(value) is ok
+
+
+def test_receipt_thread_id_of_255_bytes_passes() -> None:
+    body = orjson.dumps({"thread_id": LONG_EVENT})
+    assert receipt_request(ROOM, "m.read", EVENT, body).thread_id == LONG_EVENT
+
+
+# --- the request line ------------------------------------------------------------------------
+
+TEMPLATE = "/_matrix/client/v3/rooms/{roomId}/receipt/{receiptType}/{eventId}"
+
+
+@pytest.mark.parametrize(
+    "raw, decoded",
+    [("!a%3Ahs1", "!a:hs1"), ("%24ab%2Fc", "$ab/c"), ("plain", "plain"), ("%C3%A9", "é")],
+)
+def test_decode_component(raw: str, decoded: str) -> None:
+    assert decode_component(raw, "x") == decoded
+
+
+@pytest.mark.parametrize("raw", ["%", "%Z", "%ZZ", "a%2", "%g0", "%FF", "%C3", "%ED%A0%80"])
+def test_decode_component_refuses_bad_escapes_and_utf8(raw: str) -> None:
+    assert error_of(decode_component, raw, "roomId") == (400, "M_INVALID_PARAM")
+
+
+def test_path_params_decodes_only_the_named_segments() -> None:
+    raw = "/_matrix/client/v3/rooms/!r%3Ahs1/receipt/m.read/%24e%2F1"
+    assert path_params(TEMPLATE, raw) == {
+        "roomId": "!r:hs1",
+        "receiptType": "m.read",
+        "eventId": "$e/1",
+    }
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "/_matrix/client/v3/rooms/!r%ZZ/receipt/m.read/$e",
+        "/_matrix/client/v3/rooms/!r/receipt/m.read/$e%FF",
+        "/_matrix/client/v3/rooms/!r/receipt/m.read/$e/extra",
+    ],
+)
+def test_path_params_refuses(raw: str) -> None:
+    assert error_of(path_params, TEMPLATE, raw) == (400, "M_INVALID_PARAM")
+
+
+def test_query_params() -> None:
+    assert query_params("since=r1&timeout=30&since=r2&a+b=c+d&flag&&x=%41") == {
+        "since": "r1",
+        "timeout": "30",
+        "a b": "c d",
+        "flag": "",
+        "x": "A",
+    }
+    assert query_params("") == {}
+    assert error_of(query_params, "since=%ZZ") == (400, "M_INVALID_PARAM")
+    assert error_of(query_params, "since=%FF") == (400, "M_INVALID_PARAM")
+
+
+@pytest.mark.parametrize(
+    "header, query, token",
+    [
+        ("Bearer abc", None, "abc"),
+        ("bearer abc", None, "abc"),
+        ("BEARER  abc ", None, "abc"),
+        ("Basic abc", None, None),
+        ("Bearer", None, None),
+        ("Bearer ", "q", "q"),
+        (None, "q", "q"),
+        (None, "", None),
+        (None, None, None),
+        ("Bearer h", "q", "h"),
+    ],
+)
+def test_bearer_token(header: str | None, query: str | None, token: str | None) -> None:
+    assert bearer_token(header, query) == token
+
+
+@pytest.mark.parametrize(
+    "token, ok",
+    [
+        ("syt_abc_123", True),
+        ("a" * 1024, True),
+        ("a" * 1025, False),
+        ("a b", False),
+        ("a\r\nX: y", False),
+        ("é", False),
+        ("", False),
+    ],
+)
+def test_plausible_token(token: str, ok: bool) -> None:
+    assert plausible_token(token) is ok
+
+
+def test_parse_flag() -> None:
+    assert parse_flag(None, "f") is False
+    assert parse_flag("false", "f") is False
+    assert parse_flag("true", "f") is True
+    for bad in ("", "1", "True", "yes"):
+        assert error_of(parse_flag, bad, "f") == (400, "M_INVALID_PARAM")

@@ -77,3 +77,17 @@ def test_idle_users_are_forgotten_without_changing_any_answer() -> None:
     assert limiter.check("@busy:hs", 10.0) is None  # idle buckets are full again by now
     assert set(limiter._buckets) == {"@busy:hs"}
     assert limiter.check("@idle0:hs", 10.0) is None  # a forgotten user starts with a full burst
+
+
+def test_wait_ms_peeks_without_taking() -> None:
+    limiter = RateLimiter(rate_per_s=1, burst=2)
+    assert limiter.wait_ms(U, 0.0) is None, "an unknown key has a full bucket"
+    limiter.check(U, 0.0)
+    assert limiter.wait_ms(U, 0.0) is None
+    limiter.check(U, 0.0)
+    assert limiter.wait_ms(U, 0.0) == 1000
+    assert limiter.wait_ms(U, 0.0) == 1000, "peeking takes nothing"
+    assert limiter.wait_ms(U, 0.5) == 500
+    assert limiter.wait_ms(U, 1.0) is None
+    assert limiter.wait_ms(V, 0.0) is None
+    assert RateLimiter(rate_per_s=0, burst=1).wait_ms(U, 0.0) is None

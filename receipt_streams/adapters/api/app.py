@@ -1,6 +1,8 @@
-"""The HTTP API (CONTRACT §5): Matrix receipts, read markers, the receipts part of /sync,
-the room receipts view, health, readiness and metrics. Handlers only parse, call the core
-checks, and produce to Kafka or read the SyncIndex.
+"""The HTTP API (CONTRACT §5). Two listeners: the client port (Matrix receipts, read markers,
+the receipts part of /sync, health, readiness, metrics) and the admin listener (the room
+receipts view behind admin tokens, health, readiness, metrics). Handlers only parse, call the
+core checks, and produce to Kafka or read the SyncIndex. Whatever a client sends, the answer is
+a Matrix error body, never a 5xx.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -17,13 +20,19 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from receipt_streams.adapters.api.auth import TokenVerifier, VerifierUnavailable
+from receipt_streams.adapters.api.auth import TokenVerifier, VerifierUnavailable, admin_tokens_for
+from receipt_streams.adapters.api.protocol import MatrixAppRunner
 from receipt_streams.adapters.api.sync_feed import SyncFeed
 from receipt_streams.config import Settings
 from receipt_streams.core.client_api import (
     ApiError,
     ReceiptRequest,
+    bearer_token,
     check_room_id,
+    parse_flag,
+    path_params,
+    plausible_token,
+    query_params,
     read_markers_request,
     receipt_request,
     refuse_if_not_joined,
@@ -43,10 +52,31 @@ ACCEPTED = Counter(
 )
 
 CLIENT = "/_matrix/client/v3"
+RECEIPTS_VIEW = "/_receipts/v1/rooms/{roomId}/receipts"
+# The client-server spec's CORS headers ("Web Browser Clients"), on every client response.
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "X-Requested-With, Content-Type, Authorization",
+}
+QUERY = web.RequestKey("query", dict)  # the strictly decoded query string, parsed once
+# Metric label values stay bounded whatever method a client invents.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def _error(status: int, errcode: str, error: str) -> web.Response:
+    return _json({"errcode": errcode, "error": error}, status)
+
+
+def _api_error(exc: ApiError) -> web.Response:
+    response = _json(exc.body(), exc.status)
+    if exc.retry_after_ms is not None:
+        response.headers["Retry-After"] = str(math.ceil(exc.retry_after_ms / 1000))
+    return response
 
 
 @web.middleware
@@ -60,22 +90,40 @@ async def matrix_errors(
     try:
         response = await handler(request)
     except ApiError as exc:
-        response = _json(exc.body(), exc.status)
+        response = _api_error(exc)
     except web.HTTPMethodNotAllowed as exc:
-        response = _json(
-            {"errcode": "M_UNRECOGNIZED", "error": f"{request.method} is not allowed here"},
-            exc.status,
-        )
+        response = _error(405, "M_UNRECOGNIZED", "Method not allowed here")
+        response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
     except web.HTTPNotFound:
-        response = _json({"errcode": "M_UNRECOGNIZED", "error": "Unrecognized request"}, 404)
-    except web.HTTPException:
-        raise
+        response = _error(404, "M_UNRECOGNIZED", "Unrecognized request")
+    except web.HTTPRequestEntityTooLarge:
+        response = _error(413, "M_TOO_LARGE", "Request body too large")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = _error(exc.status, "M_UNKNOWN", exc.reason)
     except Exception:
         log.exception("request failed", extra={"path": request.path})
-        response = _json({"errcode": "M_UNKNOWN", "error": "Internal server error"}, 500)
-    HTTP_LATENCY.labels(name, request.method, str(response.status)).observe(
-        time.perf_counter() - started
-    )
+        response = _error(500, "M_UNKNOWN", "Internal server error")
+    method = request.method if request.method in _METHODS else "other"
+    HTTP_LATENCY.labels(name, method, str(response.status)).observe(time.perf_counter() - started)
+    return response
+
+
+@web.middleware
+async def cors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """CORS headers on every client answer; a pre-flight OPTIONS to any served path gets 204
+    without authentication."""
+    unmatched = request.match_info.http_exception
+    if request.method == "OPTIONS" and not isinstance(unmatched, web.HTTPNotFound):
+        response: web.StreamResponse = web.Response(status=204)
+    else:
+        response = await handler(request)
+        if response.status == 405 and "Allow" in response.headers:
+            response.headers["Allow"] += ", OPTIONS"
+    response.headers.update(CORS_HEADERS)
     return response
 
 
@@ -87,33 +135,56 @@ class Api:
         verifier: TokenVerifier,
         ready: Callable[[], bool],
         client: bool = True,
+        producer: AIOKafkaProducer | None = None,
     ) -> None:
         self.s = settings
         self.client = client  # False: only health, readiness and metrics (a table worker)
         self.feed = feed
         self.verifier = verifier
+        self.admin_tokens = admin_tokens_for(settings)
         self.ready = ready
         self.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
-        self.producer: AIOKafkaProducer | None = None
+        self.sync_limiter = RateLimiter(
+            settings.sync_rate_limit_per_s, settings.sync_rate_limit_burst
+        )
+        self.auth_failures = RateLimiter(
+            settings.auth_failure_rate_limit_per_s, settings.auth_failure_rate_limit_burst
+        )
+        self.producer = producer  # given: already started (tests); else one of its own
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[matrix_errors])
+        """The client listener: what a Matrix client may see, and health."""
+        app = web.Application(
+            middlewares=[cors, matrix_errors], client_max_size=self.s.http_max_body_bytes
+        )
         if self.client:
             app.router.add_post(
                 CLIENT + "/rooms/{roomId}/receipt/{receiptType}/{eventId}", self.post_receipt
             )
             app.router.add_post(CLIENT + "/rooms/{roomId}/read_markers", self.post_read_markers)
             app.router.add_get(CLIENT + "/sync", self.get_sync)
-            app.router.add_get("/_receipts/v1/rooms/{roomId}/receipts", self.get_room_receipts)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/readyz", self.readyz)
-        app.router.add_get("/metrics", self.metrics)
+        self._add_health(app)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
 
+    def admin_app(self) -> web.Application:
+        """The admin listener: the room receipts view (where the sync view is fed), health."""
+        app = web.Application(
+            middlewares=[matrix_errors], client_max_size=self.s.http_max_body_bytes
+        )
+        if self.client:
+            app.router.add_get(RECEIPTS_VIEW, self.get_room_receipts)
+        self._add_health(app)
+        return app
+
+    def _add_health(self, app: web.Application) -> None:
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics)
+
     async def _start(self, _: web.Application) -> None:
-        if not self.client:
+        if not self.client or self.producer is not None:
             return
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self.s.bootstrap_servers,
@@ -130,28 +201,70 @@ class Api:
         if close is not None:
             await close()
 
+    # --- the request line ----------------------------------------------------------------
+
+    @staticmethod
+    def _params(request: web.Request) -> dict[str, str]:
+        """Path parameters, strictly decoded (not aiohttp's lenient match_info)."""
+        resource = request.match_info.route.resource
+        assert resource is not None
+        return path_params(resource.canonical, request.rel_url.raw_path)
+
+    @staticmethod
+    def _query(request: web.Request) -> dict[str, str]:
+        if QUERY not in request:
+            request[QUERY] = query_params(request.rel_url.raw_query_string)
+        return request[QUERY]
+
+    async def _body(self, request: web.Request) -> bytes:
+        limit = self.s.http_max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise ApiError(413, "M_TOO_LARGE", f"Request body over {limit} bytes")
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise ApiError(413, "M_TOO_LARGE", f"Request body over {limit} bytes") from None
+
     # --- auth --------------------------------------------------------------------------
 
-    async def _user(self, request: web.Request) -> str:
-        header = request.headers.get("Authorization", "")
-        token = (
-            header[7:].strip()
-            if header.startswith("Bearer ")
-            else request.query.get("access_token", "")
+    def _token(self, request: web.Request) -> str:
+        """The bearer token, once the caller's address is not locked out by failed attempts."""
+        wait_ms = self.auth_failures.wait_ms(request.remote or "", time.monotonic())
+        if wait_ms is not None:
+            raise ApiError(
+                429, "M_LIMIT_EXCEEDED", "Too many failed authentications", retry_after_ms=wait_ms
+            )
+        token = bearer_token(
+            request.headers.get("Authorization"), self._query(request).get("access_token")
         )
-        if not token:
+        if token is None:
             raise ApiError(401, "M_MISSING_TOKEN", "Missing access token")
+        return token
+
+    def _refuse_token(self, request: web.Request) -> ApiError:
+        self.auth_failures.check(request.remote or "", time.monotonic())
+        return ApiError(401, "M_UNKNOWN_TOKEN", "Unrecognised access token")
+
+    async def _user(self, request: web.Request) -> str:
+        token = self._token(request)
+        if not plausible_token(token):
+            raise self._refuse_token(request)
         try:
             user = await self.verifier.user_for(token)
         except VerifierUnavailable as exc:
             log.warning("token verification unavailable", extra={"error": str(exc)})
             raise ApiError(503, "M_UNKNOWN", "Token verification is unavailable") from None
         if user is None:
-            raise ApiError(401, "M_UNKNOWN_TOKEN", "Unrecognised access token")
+            raise self._refuse_token(request)
         return user
 
-    def _rate_limit(self, user: str) -> None:
-        wait_ms = self.limiter.check(user, time.monotonic())
+    def _admin(self, request: web.Request) -> None:
+        if not self.admin_tokens.allows(self._token(request)):
+            raise self._refuse_token(request)
+
+    @staticmethod
+    def _rate_limit(limiter: RateLimiter, user: str) -> None:
+        wait_ms = limiter.check(user, time.monotonic())
         if wait_ms is not None:
             raise ApiError(429, "M_LIMIT_EXCEEDED", "Too many requests", retry_after_ms=wait_ms)
 
@@ -186,27 +299,31 @@ class Api:
 
     async def post_receipt(self, request: web.Request) -> web.Response:
         user = await self._user(request)
-        self._rate_limit(user)
-        m = request.match_info
-        r = receipt_request(m["roomId"], m["receiptType"], m["eventId"], await request.read())
+        self._rate_limit(self.limiter, user)
+        m = self._params(request)
+        body = await self._body(request)
+        r = receipt_request(m["roomId"], m["receiptType"], m["eventId"], body)
         return await self._write(user, [r])
 
     async def post_read_markers(self, request: web.Request) -> web.Response:
         user = await self._user(request)
-        self._rate_limit(user)
-        requests = read_markers_request(request.match_info["roomId"], await request.read())
+        self._rate_limit(self.limiter, user)
+        room_id = self._params(request)["roomId"]
+        requests = read_markers_request(room_id, await self._body(request))
         return await self._write(user, requests)
 
     # --- reading -----------------------------------------------------------------------
 
     async def get_sync(self, request: web.Request) -> web.Response:
         user = await self._user(request)
-        since_raw = request.query.get("since")
+        self._rate_limit(self.sync_limiter, user)
+        query = self._query(request)
+        since_raw = query.get("since")
         try:
             since = Token.decode(since_raw) if since_raw else None
-            timeout_ms = int(request.query.get("timeout", "0"))
+            timeout_ms = int(query.get("timeout") or "0")
         except (BadToken, ValueError) as exc:
-            raise ApiError(400, "M_INVALID_PARAM", str(exc)) from None
+            raise ApiError(400, "M_INVALID_PARAM", str(exc)[:200]) from None
         timeout_s = min(max(timeout_ms, 0), self.s.sync_timeout_max_ms) / 1000
         deadline = time.monotonic() + timeout_s
         await self._wait_caught_up(deadline)
@@ -215,7 +332,7 @@ class Api:
             try:
                 rooms = self.feed.index.sync(user, since)
             except BadToken as exc:
-                raise ApiError(400, "M_INVALID_PARAM", str(exc)) from None
+                raise ApiError(400, "M_INVALID_PARAM", str(exc)[:200]) from None
             left = deadline - time.monotonic()
             if rooms or since is None or left <= 0:
                 return _json({"next_batch": token.encode(), "rooms": {"join": rooms}})
@@ -230,7 +347,11 @@ class Api:
                 raise ApiError(503, "M_UNKNOWN", "Receipts are still loading") from None
 
     async def get_room_receipts(self, request: web.Request) -> web.Response:
-        room_id = check_room_id(request.match_info["roomId"])
+        """Admin: the room's current receipts; public ones (`m.read`) unless
+        `include_private=true` adds `m.read.private` and `m.fully_read`."""
+        self._admin(request)
+        room_id = check_room_id(self._params(request)["roomId"])
+        private = parse_flag(self._query(request).get("include_private"), "include_private")
         entries = [
             {
                 "user_id": k.user_id,
@@ -242,6 +363,7 @@ class Api:
                 "data": v.data,
             }
             for k, v in self.feed.index.room_receipts(room_id)
+            if private or k.receipt_type == "m.read"
         ]
         entries.sort(key=lambda e: (e["user_id"], e["receipt_type"], e["thread_id"] or ""))
         return _json({"room_id": room_id, "receipts": entries})
@@ -262,15 +384,26 @@ class Api:
 
 @contextlib.asynccontextmanager
 async def serving(api: Api, s: Settings) -> AsyncIterator[None]:
-    """Serve `api` on the configured host and port for the duration of the block."""
-    runner = web.AppRunner(api.app(), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, s.web_host, s.web_port).start()
-    log.info(
-        "HTTP API listening",
-        extra={"host": s.web_host, "port": s.web_port, "client_api": api.client},
-    )
+    """Serve `api` on the client and the admin listener for the duration of the block."""
+    runners = [MatrixAppRunner(api.app(), access_log=None)]
+    runners.append(MatrixAppRunner(api.admin_app(), access_log=None))
     try:
+        for runner, host, port in zip(
+            runners, (s.web_host, s.admin_host), (s.web_port, s.admin_port), strict=True
+        ):
+            await runner.setup()
+            await web.TCPSite(runner, host, port).start()
+        log.info(
+            "HTTP API listening",
+            extra={
+                "host": s.web_host,
+                "port": s.web_port,
+                "admin_host": s.admin_host,
+                "admin_port": s.admin_port,
+                "client_api": api.client,
+            },
+        )
         yield
     finally:
-        await runner.cleanup()
+        for runner in reversed(runners):
+            await runner.cleanup()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -58,7 +61,10 @@ class WhoamiVerifier:
                 self.url, headers={"Authorization": f"Bearer {token}"}
             ) as resp:
                 if resp.status == 200:
-                    user = (await resp.json()).get("user_id")
+                    body = await resp.json()
+                    user = body.get("user_id") if isinstance(body, dict) else None
+                    if not isinstance(user, str):
+                        raise VerifierUnavailable("whoami answered without a user_id")
                 elif resp.status in (401, 403):
                     user = None
                 else:
@@ -93,3 +99,28 @@ def verifier_for(settings: Settings) -> TokenVerifier:
         "every client request will be refused as M_UNKNOWN_TOKEN"
     )
     return NoTokens()
+
+
+class AdminTokens:
+    """The admin listener's bearer tokens (a JSON list of strings), compared in constant time.
+    Kept apart from client tokens: no Matrix user can read the operators' views."""
+
+    def __init__(self, tokens: Iterable[str]) -> None:
+        self._digests = [hashlib.sha256(t.encode()).digest() for t in tokens]
+
+    @classmethod
+    def from_file(cls, path: Path) -> AdminTokens:
+        tokens = orjson.loads(path.read_bytes())
+        if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
+            raise ValueError(f"{path}: expected a JSON list of non-empty token strings")
+        return cls(tokens)
+
+    def allows(self, token: str) -> bool:
+        digest = hashlib.sha256(token.encode(errors="surrogateescape")).digest()
+        return any([hmac.compare_digest(digest, d) for d in self._digests])
+
+
+def admin_tokens_for(settings: Settings) -> AdminTokens:
+    if settings.admin_tokens_file is None:
+        return AdminTokens([])
+    return AdminTokens.from_file(settings.admin_tokens_file)

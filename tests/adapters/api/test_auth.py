@@ -213,3 +213,27 @@ async def test_whoami_close(homeserver: Homeserver) -> None:
     await v.close()
     assert session.closed
     await v.close()  # twice is harmless
+
+
+# --- AdminTokens -----------------------------------------------------------------------------
+
+
+def test_admin_tokens(tmp_path: Path) -> None:
+    from receipt_streams.adapters.api.auth import AdminTokens
+
+    path = tmp_path / "admin.json"
+    path.write_text('["one", "two"]')
+    tokens = AdminTokens.from_file(path)
+    assert tokens.allows("one") and tokens.allows("two")
+    assert not tokens.allows("three") and not tokens.allows("") and not tokens.allows("One")
+    assert not AdminTokens([]).allows("one")
+
+
+@pytest.mark.parametrize("text", ['{"tok": "@a:hs1"}', '[""]', "[1]", '"tok"', "null"])
+def test_admin_tokens_file_must_be_a_list_of_tokens(tmp_path: Path, text: str) -> None:
+    from receipt_streams.adapters.api.auth import AdminTokens
+
+    path = tmp_path / "admin.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="JSON list"):
+        AdminTokens.from_file(path)

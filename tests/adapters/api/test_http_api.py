@@ -28,14 +28,22 @@ USERS = {
     "spam": "@spam:hs1",
     "outsider": "@outsider:hs1",
 }
+ADMIN_TOKEN = "admin-secret"
 
 
 @pytest.fixture
 def worker(kafka_bootstrap: str, tmp_path: Path) -> Iterator[WorkerProcess]:
     tokens = tmp_path / "tokens.json"
     tokens.write_bytes(orjson.dumps({f"tok-{name}": user for name, user in USERS.items()}))
+    admin_tokens = tmp_path / "admin-tokens.json"
+    admin_tokens.write_bytes(orjson.dumps([ADMIN_TOKEN]))
     settings = worker_settings(
-        kafka_bootstrap, tmp_path, tokens_file=tokens, rate_limit_per_s=1.0, rate_limit_burst=30.0
+        kafka_bootstrap,
+        tmp_path,
+        tokens_file=tokens,
+        admin_tokens_file=admin_tokens,
+        rate_limit_per_s=1.0,
+        rate_limit_burst=30.0,
     )
     w = WorkerProcess(settings, tmp_path / "worker.log")
     try:
@@ -209,19 +217,37 @@ async def test_multi_user_scenario_over_http(
     [event] = changes["rooms"]["join"][r]["ephemeral"]["events"]
     assert event["content"]["$t1"]["m.read"][USERS["carol"]]["thread_id"] == "$root"
 
-    # The room's current receipts, as operators and analytics see them.
-    status, table = await alice.request("GET", f"/_receipts/v1/rooms/{r}/receipts")
-    assert status == 200 and table["room_id"] == r
-    assert {
-        (e["user_id"], e["receipt_type"], e["thread_id"]): e["event_id"] for e in table["receipts"]
-    } == {
+    # The room's current receipts, as operators and analytics see them: on the admin listener
+    # only, with an admin token, private receipts and read markers only when asked for.
+    view = f"/_receipts/v1/rooms/{r}/receipts"
+    assert (await alice.request("GET", view))[0] == 404, "not on the client port"
+    admin_base = f"http://127.0.0.1:{worker.settings.admin_port}"
+    admin = Client(alice.session, admin_base, ADMIN_TOKEN)
+    assert (await Client(alice.session, admin_base, None).request("GET", view)) == (
+        401,
+        {"errcode": "M_MISSING_TOKEN", "error": "Missing access token"},
+    )
+    status, body = await Client(alice.session, admin_base, "tok-alice").request("GET", view)
+    assert (status, body["errcode"]) == (401, "M_UNKNOWN_TOKEN")
+    public = {
         (USERS["alice"], "m.read", None): "$e2",
-        (USERS["alice"], "m.read.private", None): "$e3",
         (USERS["bob"], "m.read", None): "$e5",
-        (USERS["bob"], "m.fully_read", None): "$e2",
         (USERS["carol"], "m.read", None): "$e1",
         (USERS["carol"], "m.read", "$root"): "$t1",
         (USERS["carol"], "m.read", "main"): "$e4",
+    }
+    status, table = await admin.request("GET", view)
+    assert status == 200 and table["room_id"] == r
+    assert {
+        (e["user_id"], e["receipt_type"], e["thread_id"]): e["event_id"] for e in table["receipts"]
+    } == public
+    status, table = await admin.request("GET", view, include_private="true")
+    assert status == 200
+    assert {
+        (e["user_id"], e["receipt_type"], e["thread_id"]): e["event_id"] for e in table["receipts"]
+    } == public | {
+        (USERS["alice"], "m.read.private", None): "$e3",
+        (USERS["bob"], "m.fully_read", None): "$e2",
     }
 
     for body in responses:
@@ -285,7 +311,9 @@ async def test_a_separate_api_process_serves_what_a_table_worker_folds(
     s = worker_settings(kafka_bootstrap, tmp_path, tokens_file=tokens, serve_api=False)
     worker = WorkerProcess(s, tmp_path / "worker.log")
     api = WorkerProcess(
-        s.model_copy(update={"web_port": free_port(), "serve_api": True}),
+        s.model_copy(
+            update={"web_port": free_port(), "admin_port": free_port(), "serve_api": True}
+        ),
         tmp_path / "api.log",
         command="api",
     )
@@ -312,6 +340,10 @@ async def test_a_separate_api_process_serves_what_a_table_worker_folds(
                 assert resp.status == 404, "the table worker serves no client API"
             async with session.get(worker_base + "/readyz") as resp:
                 assert (await resp.json())["ready"] is True
+            for process in (worker, api):  # every process serves the admin listener too
+                admin_base = f"http://127.0.0.1:{process.settings.admin_port}"
+                async with session.get(admin_base + "/readyz") as resp:
+                    assert resp.status == 200
     finally:
         api.stop()
         worker.stop()
