@@ -100,3 +100,16 @@ def validate_room_id(value: object) -> str:
 
 def validate_event_id(value: object) -> str:
     return _opaque_id("event ID", "$", value)
+
+
+def valid_thread_id(value: object) -> bool:
+    """A receipt's `thread_id`: `main`, or the event ID of a thread root (at most 255 bytes).
+
+    Shared by the HTTP API (400 `M_INVALID_PARAM`) and the fold (DLQ `invalid_thread`)."""
+    if value == "main":
+        return True
+    try:
+        validate_event_id(value)
+    except InvalidId:
+        return False
+    return True
