@@ -168,7 +168,8 @@ def edu_dlq_records(
     """The DLQ records of an EDU's rejected parts: one per part, each holding that part only,
     the EDU's origin and sha256, while there are at most `max_records` and they take at most
     `EDU_DLQ_FACTOR` times the EDU's bytes; the rest in one summary record (its `entries` is
-    their count, its value holds them all, truncated like any value)."""
+    their count, its value holds them all, truncated at the EDU's size). So the records of
+    an EDU take at most twice its bytes, or are one record (a tiny EDU)."""
     if not rejected:
         return []
     raw = src.value or b""
@@ -178,14 +179,16 @@ def edu_dlq_records(
         "size": len(raw),
     }
     budget = EDU_DLQ_FACTOR * len(raw)
-    # Room for the summary: at most the record bound with a value no larger than the EDU.
-    reserve = DlqBounds(min(bounds.value_bytes, len(raw) + 512), bounds.key_bytes).record_bytes
+    # The summary keeps no more of its value than the EDU's size: it is then at most `reserve`.
+    summary_bounds = DlqBounds(min(bounds.value_bytes, len(raw)), bounds.key_bytes)
+    reserve = summary_bounds.record_bytes
     out: list[tuple[bytes, Reason]] = []
     used = 0
     for i, part in enumerate(rejected):
         if len(out) >= max_records:
             break
         last = i == len(rejected) - 1
+        room = budget if last else budget - reserve
         path = [clip(step, TEXT_BYTES) for step in part.path]
         where = " / ".join(path)
         record = dlq_record(
@@ -195,7 +198,7 @@ def edu_dlq_records(
             bounds,
             edu={**meta, "path": path, "entries": 1},
         )
-        if used + len(record) > budget - (0 if last else reserve) and out:
+        if used + len(record) > room and not (last and not out):  # (a lone one is kept)
             break
         out.append((record, part.rejection.reason))
         used += len(record)
@@ -209,7 +212,7 @@ def edu_dlq_records(
             src._replace(value=_envelope(origin, received_ts, rest)),
             Rejection(code, message),
             now_ms,
-            bounds,
+            summary_bounds,
             edu={**meta, "path": None, "entries": len(rest)},
         )
         out.append((record, code))
