@@ -27,7 +27,8 @@ TEXT_BYTES = 255  # the topic, the EDU origin and each step of an entry's path, 
 # Everything but the key and the value: field names, numbers, two sha256, the message, the
 # EDU's origin, hash and path (3 steps). Counted generously: see `DlqBounds.record_bytes`.
 OVERHEAD_BYTES = 4_096
-EDU_DLQ_FACTOR = 2  # the DLQ records of one EDU take at most this many times its bytes
+EDU_DLQ_FACTOR = 2  # the DLQ records of one EDU take at most this many times its bytes ...
+EDU_DLQ_FLOOR = 4_096  # ... or this many bytes, so a small EDU's few bad entries get a record each
 
 
 def _b64_len(n: int) -> int:
@@ -166,10 +167,11 @@ def edu_dlq_records(
     max_records: int = 100,
 ) -> list[tuple[bytes, Reason]]:
     """The DLQ records of an EDU's rejected parts: one per part, each holding that part only,
-    the EDU's origin and sha256, while there are at most `max_records` and they take at most
-    `EDU_DLQ_FACTOR` times the EDU's bytes; the rest in one summary record (its `entries` is
-    their count, its value holds them all, truncated at the EDU's size). So the records of
-    an EDU take at most twice its bytes, or are one record (a tiny EDU)."""
+    the EDU's origin and sha256, while there are at most `max_records` and all of them take
+    at most `EDU_DLQ_FACTOR` times the EDU's bytes (or `EDU_DLQ_FLOOR`); the rest in one
+    summary record (its `entries` is their count, its value holds them all, truncated at the
+    EDU's size). So the records of an EDU (keys included) fit that budget, or are a single
+    record."""
     if not rejected:
         return []
     raw = src.value or b""
@@ -178,42 +180,63 @@ def edu_dlq_records(
         "sha256": hashlib.sha256(raw).hexdigest(),
         "size": len(raw),
     }
-    budget = EDU_DLQ_FACTOR * len(raw)
-    # The summary keeps no more of its value than the EDU's size: it is then at most `reserve`.
-    summary_bounds = DlqBounds(min(bounds.value_bytes, len(raw)), bounds.key_bytes)
-    reserve = summary_bounds.record_bytes
-    out: list[tuple[bytes, Reason]] = []
-    used = 0
-    for i, part in enumerate(rejected):
-        if len(out) >= max_records:
-            break
-        last = i == len(rejected) - 1
-        room = budget if last else budget - reserve
+    budget = max(EDU_DLQ_FACTOR * len(raw), EDU_DLQ_FLOOR)
+    singles: list[tuple[bytes, Reason]] = []
+    for part in rejected[:max_records]:
         path = [clip(step, TEXT_BYTES) for step in part.path]
-        where = " / ".join(path)
         record = dlq_record(
             src._replace(value=_envelope(origin, received_ts, [part])),
-            Rejection(part.rejection.reason, f"{where}: {part.rejection.message}"),
+            Rejection(part.rejection.reason, f"{' / '.join(path)}: {part.rejection.message}"),
             now_ms,
             bounds,
             edu={**meta, "path": path, "entries": 1},
         )
-        if used + len(record) > room and not (last and not out):  # (a lone one is kept)
+        singles.append((record, part.rejection.reason))
+    key = len(src.topic.encode())  # each DLQ record is keyed by the source topic
+    sizes = [key + len(record) for record, _ in singles]
+    if len(rejected) == len(singles) and (sum(sizes) <= budget or len(singles) == 1):
+        return singles
+    # Keep the longest run of single records that leaves room for the summary of the rest.
+    k, used = 0, 0
+    while k < len(singles) and used + sizes[k] <= budget:
+        used += sizes[k]
+        k += 1
+    k = min(k, len(rejected) - 1)
+    while True:
+        summary = _summary(src, origin, received_ts, rejected[k:], now_ms, bounds, meta)
+        excess = sum(sizes[:k]) + key + len(summary[0]) - budget
+        if excess <= 0 or k == 0:
             break
-        out.append((record, part.rejection.reason))
-        used += len(record)
-    rest = rejected[len(out) :]
-    if rest:
-        reasons = Counter(str(r.rejection.reason) for r in rest)
-        code = Reason(reasons.most_common(1)[0][0])
-        summary = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
-        message = f"{len(rest)} more rejected parts of this EDU, not recorded one by one: {summary}"
-        record = dlq_record(
-            src._replace(value=_envelope(origin, received_ts, rest)),
-            Rejection(code, message),
-            now_ms,
-            summary_bounds,
-            edu={**meta, "path": None, "entries": len(rest)},
-        )
-        out.append((record, code))
-    return out
+        while k > 0 and excess > 0:  # the dropped parts go to the summary instead
+            k -= 1
+            excess -= sizes[k]
+    if k == 0 and len(rejected) == 1:
+        return singles
+    return [*singles[:k], summary]
+
+
+def _summary(
+    src: Source,
+    origin: str,
+    received_ts: int,
+    rest: Sequence[EntryReject],
+    now_ms: int,
+    bounds: DlqBounds,
+    meta: dict[str, Any],
+) -> tuple[bytes, Reason]:
+    """One record for the parts beyond the cap: their count, reasons, and all of them."""
+    reasons = Counter(str(r.rejection.reason) for r in rest)
+    code = Reason(reasons.most_common(1)[0][0])
+    summary = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
+    message = f"{len(rest)} rejected parts of this EDU, not recorded one by one: {summary}"
+    # Its value keeps no more than the EDU's size: the record is then at most the EDU's
+    # size plus the fixed overhead.
+    capped = DlqBounds(min(bounds.value_bytes, meta["size"]), bounds.key_bytes)
+    record = dlq_record(
+        src._replace(value=_envelope(origin, received_ts, rest)),
+        Rejection(code, message),
+        now_ms,
+        capped,
+        edu={**meta, "path": None, "entries": len(rest)},
+    )
+    return record, code
