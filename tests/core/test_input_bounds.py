@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from receipt_streams.core import ids
+from receipt_streams.core.deltas import MAX_DELTA_BYTES, apply_delta, plan_deltas, table_view
 from receipt_streams.core.federation import (
     MAX_EDU_BYTES,
     OutboundQueue,
@@ -20,6 +21,7 @@ from receipt_streams.core.federation import (
     split_edu,
 )
 from receipt_streams.core.processor import Held, Limits
+from receipt_streams.core.receipts import Receipt, ReceiptKey
 from receipt_streams.core.state import HeldReceipts
 from tests.core.harness import ROOM, T0, Harness, decoded, dlq_reasons, dlqs, folded
 
@@ -304,3 +306,28 @@ def test_flushed_edus_are_at_most_64_kib(n: int) -> None:
         assert sorted(users) == sorted(f"@user{i}:hs1" for i in range(n))
     if n >= 1_000:
         assert len(edus) > 2  # the 64 KiB bound cut them
+
+
+# --- sync deltas -------------------------------------------------------------------------
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 60_000)), max_size=60))
+def test_deltas_are_cut_by_size_and_rebuild_the_table(changes: list[tuple[int, int]]) -> None:
+    """Remote receipts keep their data as sent (up to an EDU's size): a window of them in one
+    room must not make a delta the broker refuses."""
+    log = []
+    table = {}
+    for offset, (user, pad) in enumerate(changes):
+        key = ReceiptKey(ROOM, f"@u{user}:hs2", "m.read", None)
+        value = Receipt(f"$e{offset}", None, offset, {"ts": offset, "x": "y" * pad})
+        log.append((offset, key.encode(), value.encode()))
+        table[key] = value
+    deltas = plan_deltas(log, 0)
+    seqs = [d["seq"] for d in deltas]
+    assert seqs == sorted(set(seqs))
+    view: dict = {}
+    for delta in deltas:
+        assert len(orjson.dumps(delta)) <= MAX_DELTA_BYTES + 61_000  # one change may be large
+        apply_delta(view, delta)
+    assert view == table_view(table.items())
