@@ -241,3 +241,16 @@ def test_edu_records_are_bounded_and_lose_no_part(
             seen += parts_of(r)
     if not any(r["value_truncated"] for r in records):
         assert sorted(seen) == sorted(parts_of({"value": edu(forged(n, pad)).decode()}))
+
+
+def test_edu_records_with_huge_paths_are_bounded() -> None:
+    content = {
+        '"' * 20_000: {"m.read": {}},  # a room that is no room ID: the path step is cut
+        "!r:hs1": {"m.read": {"\x00" * 20_000: {"event_ids": ["$e"], "data": {"ts": 1}}}},
+    }
+    _, records, encoded = edu_records(content)
+    assert len(records) == 2
+    assert all(len(r) <= DlqBounds().record_bytes for r in encoded)
+    for r in records:
+        assert all(len(orjson.dumps(step)) - 2 <= 255 for step in r["edu"]["path"])
+        assert r["value_size"] > 20_000  # the value holds the part exactly, up to the limit
