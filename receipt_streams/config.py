@@ -144,6 +144,38 @@ class Settings(BaseSettings):
     max_record_bytes: int = Field(
         65_536, ge=256, description="Larger input records go to the DLQ as too_large."
     )
+    # Bounds in bytes on what hostile input can make the fold keep or write (issue 12).
+    held_max_bytes_per_key: int = Field(
+        262_144,
+        ge=1_024,
+        le=900_000,
+        description="Most bytes of the receipts held for one missing event/join (one held "
+        "list, one changelog value); beyond it a receipt goes to the DLQ as held_overflow.",
+    )
+    held_max_bytes_per_partition: int = Field(
+        16 * 1024 * 1024,
+        ge=1_024,
+        description="Most bytes of all receipts held on one partition; beyond it a receipt "
+        "goes to the DLQ as held_overflow.",
+    )
+    dlq_max_value_bytes: int = Field(
+        16_384,
+        ge=256,
+        le=524_288,
+        description="Raw value bytes a DLQ record keeps; beyond them it is truncated (with "
+        "the original size and sha256). A DLQ record is at most 4/3 of this plus 4/3 of "
+        "dlq_max_key_bytes plus 4096 bytes (27,312 with the defaults).",
+    )
+    dlq_max_key_bytes: int = Field(
+        1_024, ge=64, le=65_536, description="Raw key bytes a DLQ record keeps."
+    )
+    dlq_max_per_edu: int = Field(
+        100,
+        ge=1,
+        description="DLQ records for the rejected parts of one inbound EDU (each holds its "
+        "part only, and all of them at most twice the EDU's bytes); the rest go in one "
+        "summary record.",
+    )
     commit_interval_s: float = Field(1.0, gt=0, description="Consumer offset commit period.")
     session_timeout_s: float = Field(
         10.0,

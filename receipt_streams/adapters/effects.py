@@ -11,7 +11,7 @@ from typing import Any
 
 from receipt_streams.adapters import metrics
 from receipt_streams.config import Settings
-from receipt_streams.core.dlq import Source
+from receipt_streams.core.dlq import DlqBounds, Source
 from receipt_streams.core.parsing import Rejection
 from receipt_streams.core.processor import (
     FEDERATION_IN,
@@ -39,6 +39,10 @@ def limits_of(s: Settings) -> Limits:
         grace_ms=int(s.grace_period_s * 1000),
         max_record_bytes=s.max_record_bytes,
         held_per_dep=s.held_per_dep,
+        held_key_bytes=s.held_max_bytes_per_key,
+        held_partition_bytes=s.held_max_bytes_per_partition,
+        dlq=DlqBounds(s.dlq_max_value_bytes, s.dlq_max_key_bytes),
+        dlq_per_edu=s.dlq_max_per_edu,
     )
 
 

@@ -98,23 +98,40 @@ def table_view(entries: Iterable[tuple[ReceiptKey, Receipt]]) -> View:
     return view
 
 
+MAX_DELTA_BYTES = 262_144  # a delta stays far under the broker's 1 MB record limit
+_ENTRY_OVERHEAD = 64  # a change's bytes in a delta, beyond its changelog key and value
+
+
 def plan_deltas(
     records: Iterable[tuple[int, bytes, bytes | None]], now_ms: int
 ) -> list[dict[str, Any]]:
     """Deltas for a batch of receipts-changelog records `(offset, key, value)` of one
     partition, oldest first: one delta per room, `seq` being the offset of the room's newest
-    record (offsets only grow within a partition, and a room lives on one partition)."""
-    by_room: dict[str, list[tuple[ReceiptKey, Receipt]]] = {}
-    seqs: dict[str, int] = {}
+    record (offsets only grow within a partition, and a room lives on one partition). A room
+    whose changes would make a delta over `MAX_DELTA_BYTES` gets several, cut in offset order
+    as if the batch had been cut there, each with the offset of its newest change."""
+    by_room: dict[str, list[list[tuple[ReceiptKey, Receipt]]]] = {}
+    seqs: dict[str, list[int]] = {}
+    sizes: dict[str, int] = {}
     for offset, raw_key, raw_value in records:
         if raw_value is None:
             continue  # a tombstone: receipts are never deleted, nothing to show
         key = ReceiptKey.decode(raw_key)
-        by_room.setdefault(key.room_id, []).append((key, Receipt.decode(raw_value)))
-        seqs[key.room_id] = max(offset, seqs.get(key.room_id, -1))
+        size = len(raw_key) + len(raw_value) + _ENTRY_OVERHEAD
+        chunks = by_room.setdefault(key.room_id, [[]])
+        if chunks[-1] and sizes[key.room_id] + size > MAX_DELTA_BYTES:
+            chunks.append([])
+            sizes[key.room_id] = 0
+        chunks[-1].append((key, Receipt.decode(raw_value)))
+        sizes[key.room_id] = sizes.get(key.room_id, 0) + size
+        room_seqs = seqs.setdefault(key.room_id, [])
+        if len(room_seqs) < len(chunks):
+            room_seqs.append(offset)
+        room_seqs[-1] = max(offset, room_seqs[-1])
     out = []
-    for room_id, changes in by_room.items():
-        delta = build_delta(room_id, seqs[room_id], now_ms, changes)
-        if delta is not None:
-            out.append(delta)
+    for room_id, chunks in by_room.items():
+        for chunk, seq in zip(chunks, seqs[room_id], strict=True):
+            delta = build_delta(room_id, seq, now_ms, chunk)
+            if delta is not None:
+                out.append(delta)
     return out

@@ -18,12 +18,14 @@ from typing import Any, NamedTuple
 import orjson
 
 from receipt_streams.core import ids
+from receipt_streams.core.dlq import EntryReject
 from receipt_streams.core.parsing import Rejection
 from receipt_streams.core.reasons import Reason
 from receipt_streams.core.receipts import Receipt, ReceiptKey
 
 FEDERATED_TYPE = "m.read"
 MAX_INT64 = 2**63 - 1  # the spec's `ts` is an int64
+MAX_EDU_BYTES = 65_536  # MSC4514: an EDU is at most 64 KiB of canonical JSON
 
 
 class RemoteReceipt(NamedTuple):
@@ -59,10 +61,28 @@ class RemoteReceipt(NamedTuple):
         d = orjson.loads(raw)
         return cls(d["origin"], d["room_id"], d["user_id"], d["event_id"], d["data"])
 
+    @classmethod
+    def parse(cls, raw: bytes | None) -> RemoteReceipt | Rejection:
+        """An entry from the internal stream, checked again like an EDU entry: anyone who
+        can write to the broker can write there, and a bug must not be folded."""
+        try:
+            d = orjson.loads(raw or b"")
+        except orjson.JSONDecodeError:
+            return Rejection(Reason.NOT_JSON, "value is not a UTF-8 JSON object")
+        if not isinstance(d, dict) or not all(
+            isinstance(d.get(k), str) for k in ("origin", "room_id", "user_id", "event_id")
+        ):
+            return Rejection(Reason.BAD_SHAPE, "origin, room_id, user_id, event_id: strings")
+        try:
+            ids.validate_server_name(d["origin"])
+            ids.validate_room_id(d["room_id"])
+        except ids.InvalidId as exc:
+            return Rejection(Reason.BAD_ID, str(exc))
+        entry = {"event_ids": [d["event_id"]], "data": d.get("data")}
+        return _entry(d["origin"], d["room_id"], d["user_id"], entry)
 
-class EntryRejection(NamedTuple):
-    where: str  # "room / type / user", for the DLQ message
-    rejection: Rejection
+
+EntryRejection = EntryReject  # a rejected part of an EDU: path, the part as sent, why
 
 
 def _entry(origin: str, room_id: str, user_id: str, entry: Any) -> RemoteReceipt | Rejection:
@@ -91,6 +111,8 @@ def _entry(origin: str, room_id: str, user_id: str, entry: Any) -> RemoteReceipt
     thread = data.get("thread_id")
     if not isinstance(thread, str) or not thread:
         data.pop("thread_id", None)  # ... but a non-string thread_id means unthreaded
+    elif not ids.valid_thread_id(thread):
+        return Rejection(Reason.INVALID_THREAD, "data.thread_id must be main or an event ID")
     try:
         orjson.dumps(data)  # e.g. an int over 64 bits: it could not reach the room's partition
     except orjson.JSONEncodeError as exc:
@@ -100,42 +122,35 @@ def _entry(origin: str, room_id: str, user_id: str, entry: Any) -> RemoteReceipt
 
 def split_edu(
     origin: str, content: Mapping[str, Any]
-) -> tuple[list[RemoteReceipt], list[EntryRejection]]:
-    """Every entry of an EDU's content: the acceptable ones and why the others are not."""
+) -> tuple[list[RemoteReceipt], list[EntryReject]]:
+    """Every entry of an EDU's content: the acceptable ones, and the refused parts (an
+    entry, or a whole room or type when that level is already wrong) and why."""
     accepted: list[RemoteReceipt] = []
-    rejected: list[EntryRejection] = []
+    rejected: list[EntryReject] = []
     for room_id, by_type in content.items():
         try:
             ids.validate_room_id(room_id)
         except ids.InvalidId as exc:
-            rejected.append(EntryRejection(room_id, Rejection(Reason.BAD_ID, str(exc))))
+            rejected.append(EntryReject((room_id,), by_type, Rejection(Reason.BAD_ID, str(exc))))
             continue
         if not isinstance(by_type, dict):
-            rejected.append(
-                EntryRejection(room_id, Rejection(Reason.BAD_SHAPE, "room entry is not an object"))
-            )
+            why = Rejection(Reason.BAD_SHAPE, "room entry is not an object")
+            rejected.append(EntryReject((room_id,), by_type, why))
             continue
         for receipt_type, by_user in by_type.items():
-            where = f"{room_id} / {receipt_type}"
+            path = (room_id, receipt_type)
             if receipt_type != FEDERATED_TYPE:
-                rejected.append(
-                    EntryRejection(
-                        where,
-                        Rejection(Reason.BAD_RECEIPT_TYPE, f"{receipt_type!r} is not federated"),
-                    )
-                )
+                why = Rejection(Reason.BAD_RECEIPT_TYPE, f"{receipt_type!r} is not federated")
+                rejected.append(EntryReject(path, by_user, why))
                 continue
             if not isinstance(by_user, dict):
-                rejected.append(
-                    EntryRejection(
-                        where, Rejection(Reason.BAD_SHAPE, "users entry is not an object")
-                    )
-                )
+                why = Rejection(Reason.BAD_SHAPE, "users entry is not an object")
+                rejected.append(EntryReject(path, by_user, why))
                 continue
             for user_id, entry in by_user.items():
                 out = _entry(origin, room_id, user_id, entry)
                 if isinstance(out, Rejection):
-                    rejected.append(EntryRejection(f"{where} / {user_id}", out))
+                    rejected.append(EntryReject((*path, user_id), entry, out))
                 else:
                     accepted.append(out)
     return accepted, rejected
@@ -193,7 +208,8 @@ class OutboundQueue:
         return now_ms - self._room_flushed.get(room_id, -(10**15)) >= self.large_room_interval_ms
 
     def flush(self, now_ms: int) -> list[dict[str, Any]]:
-        """The EDUs due now, one dict per EDU in the `federation.edus.v1` shape."""
+        """The EDUs due now, one dict per EDU in the `federation.edus.v1` shape, each at most
+        64 KiB of canonical JSON with its destination and origin (MSC4514)."""
         due_rooms = {
             slot[0]
             for slots in self.pending.values()
@@ -201,21 +217,15 @@ class OutboundQueue:
             if self._due(slot[0], now_ms)
         }
         edus: list[dict[str, Any]] = []
-        entries: dict[int, tuple[Any, dict[str, Any]]] = {}  # an entry per value, shared
+        entries: dict[int, tuple[Any, dict[str, Any], int]] = {}  # an entry per value, shared
         for destination in sorted(self.pending):
             slots = self.pending[destination]
             ready = {s: v for s, v in slots.items() if s[0] in due_rooms}
             for s in ready:
                 del slots[s]
-            edus += [
-                {
-                    "destination": destination,
-                    "origin": self.origin,
-                    "edu_type": "m.receipt",
-                    "content": content,
-                }
-                for content in edu_contents(ready, entries)
-            ]
+            envelope = {"destination": destination, "origin": self.origin, "edu_type": "m.receipt"}
+            room = MAX_EDU_BYTES - (canonical_size({**envelope, "content": {}}) - 2)
+            edus += [{**envelope, "content": c} for c in edu_contents(ready, entries, room)]
             if not slots:
                 del self.pending[destination]
         for room_id in due_rooms:
@@ -239,27 +249,60 @@ class OutboundQueue:
         return [v[2] for slots in self.pending.values() for v in slots.values()]
 
 
+def canonical_size(value: Any) -> int:
+    """Bytes of `value` as canonical JSON (sorted keys, no spaces, UTF-8)."""
+    return len(orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
+
+
+_ROOM_VALUE = len(b'{"m.read":{}}')
+
+
 def edu_contents(
     entries: Mapping[Slot, tuple[str, Mapping[str, Any], Any]],
-    made: dict[int, tuple[Any, dict[str, Any]]] | None = None,
+    made: dict[int, tuple[Any, dict[str, Any], int]] | None = None,
+    max_bytes: int = MAX_EDU_BYTES,
 ) -> list[dict]:
-    """EDU contents for one destination: one receipt per (room, user) in each EDU, so a user
-    with receipts in k threads of a room spreads over k EDUs. `made` lets the destinations of
-    one flush share each receipt's entry (they are only serialised, never changed)."""
+    """EDU contents for one destination, each at most `max_bytes` of canonical JSON, with
+    one receipt per (room, user) in each, so a user with receipts in k threads of a room
+    spreads over k EDUs. `made` lets the destinations of one flush share each receipt's
+    entry and its size (entries are only serialised, never changed). A receipt too large
+    for an EDU of its own still goes, alone (local receipts are far smaller)."""
     made = {} if made is None else made
-    contents: list[dict] = []
+    layers: list[list[tuple[str, str, dict[str, Any], int]]] = []
     depth: dict[tuple[str, str], int] = {}
     for (room_id, user_id, _thread), value in sorted(
         entries.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "")
     ):
         n = depth.get((room_id, user_id), 0)
         depth[(room_id, user_id)] = n + 1
-        if n == len(contents):
-            contents.append({})
+        if n == len(layers):
+            layers.append([])
         known = made.get(id(value))
         if known is None:
             event_id, data, _src = value
+            entry = {"event_ids": [event_id], "data": dict(data)}
             # The value is kept with its entry: alive, its id cannot be reused meanwhile.
-            known = made[id(value)] = (value, {"event_ids": [event_id], "data": dict(data)})
-        contents[n].setdefault(room_id, {"m.read": {}})["m.read"][user_id] = known[1]
+            known = made[id(value)] = (value, entry, canonical_size(entry))
+        layers[n].append((room_id, user_id, known[1], known[2]))
+    contents: list[dict] = []
+    for layer in layers:
+        content: dict[str, Any] = {}
+        size = 2  # {}
+        for room_id, user_id, entry, entry_size in layer:
+            user = len(orjson.dumps(user_id)) + 1 + entry_size  # "user":entry
+            users = content.get(room_id)
+            if users is None:
+                grow = (1 if content else 0) + len(orjson.dumps(room_id)) + 1 + _ROOM_VALUE + user
+            else:
+                grow = 1 + user
+            if content and size + grow > max_bytes:
+                contents.append(content)
+                content, size, users = {}, 2, None
+                grow = len(orjson.dumps(room_id)) + 1 + _ROOM_VALUE + user
+            if users is None:
+                users = content[room_id] = {"m.read": {}}
+            users["m.read"][user_id] = entry
+            size += grow
+        if content:
+            contents.append(content)
     return contents

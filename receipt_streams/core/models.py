@@ -47,7 +47,24 @@ ReceiptType = Literal["m.read", "m.read.private", "m.fully_read"]
 Membership = Literal["join", "leave", "invite", "ban", "knock"]
 StreamPos = Annotated[int, Field(ge=0, le=2**63 - 1)]
 Millis = Annotated[int, Field(ge=0, le=2**63 - 1)]
-ThreadId = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+def _thread(value: str) -> str:
+    if not ids.valid_thread_id(value):
+        raise PydanticCustomError("invalid_thread", "thread_id must be main or an event ID")
+    return value
+
+
+ThreadId = Annotated[
+    str,
+    AfterValidator(_thread),
+    _documented(
+        description="`main` or a thread root's event ID",
+        pattern="^(main$|\\$)",
+        minLength=1,
+        maxLength=255,
+    ),
+]
 
 
 class _Payload(BaseModel):
@@ -74,8 +91,16 @@ class MembershipChange(_Payload):
     stream_pos: StreamPos
 
 
+def _at_most_255_bytes(value: str) -> str:
+    if len(value.encode()) > ids.MAX_ID_BYTES:
+        raise PydanticCustomError("too_long", "longer than 255 bytes")
+    return value
+
+
 class Relation(_Payload):
-    rel_type: Annotated[str, Field(min_length=1, max_length=255)]
+    rel_type: Annotated[
+        str, Field(min_length=1, max_length=255), AfterValidator(_at_most_255_bytes)
+    ]
     event_id: EventId
 
 
@@ -152,20 +177,60 @@ class DlqError(BaseModel):
     message: str
 
 
+class DlqEdu(BaseModel):
+    """Where a DLQ record's value came from when it is a part of an inbound EDU."""
+
+    origin: str
+    sha256: str = Field(description="Of the whole inbound record (the EDU as received).")
+    size: int = Field(description="Bytes of the whole inbound record.")
+    path: list[str] | None = Field(
+        description="The part's place in the EDU content: [room, type, user], or a prefix "
+        "when a whole room or type was refused; null in a summary record. Each step is cut "
+        "at 255 bytes (the value holds the part exactly)."
+    )
+    entries: int = Field(
+        description="Rejected parts this record stands for: 1, or in a summary record "
+        "(after the per-EDU cap) the count of further rejections, all of them in its value."
+    )
+
+
 class DlqRecord(BaseModel):
-    """`receipts.dlq.v1`: a rejected input record, raw bytes kept, keyed by source topic."""
+    """`receipts.dlq.v1`: a rejected input record, raw bytes kept, keyed by source topic.
+
+    Bounded: `key` and `value` keep at most the configured bytes of the raw record
+    (`dlq_max_key_bytes`, `dlq_max_value_bytes`), the message at most 1 KiB, the whole
+    record at most `dlq_max_value_bytes * 4/3 + dlq_max_key_bytes * 4/3 + 4096` bytes.
+    When `*_truncated` is false, `key`/`value` decoded are exactly the raw bytes."""
 
     topic: str
     partition: int
     offset: int
     key: str | None
-    key_encoding: Literal["base64"] | None = None
-    value: str | None
+    key_encoding: Literal["base64"] | None = Field(
+        None,
+        description="Set when `key` is base64: the raw bytes were not UTF-8, or JSON "
+        "escaping would make them longer than base64.",
+    )
+    key_size: int | None = Field(None, description="Bytes of the whole raw key.")
+    key_sha256: str | None = Field(None, description="sha256 (hex) of the whole raw key.")
+    key_truncated: bool | None = Field(None, description="`key` holds only a prefix.")
+    value: str | None = Field(
+        description="The raw value; for a part of an inbound EDU, a federation record "
+        "holding only that part (see `edu`)."
+    )
     value_encoding: Literal["base64"] | None = Field(
-        None, description="Set when `value` is base64 because the raw bytes were not UTF-8."
+        None,
+        description="Set when `value` is base64: the raw bytes were not UTF-8, or JSON "
+        "escaping would make them longer than base64.",
+    )
+    value_size: int | None = Field(None, description="Bytes of the whole raw value.")
+    value_sha256: str | None = Field(None, description="sha256 (hex) of the whole raw value.")
+    value_truncated: bool | None = Field(
+        None, description="`value` holds only a prefix of the raw value."
     )
     error: DlqError
     ts: int
+    edu: DlqEdu | None = Field(None, description="Set for a rejected part of an inbound EDU.")
 
 
 class ReceiptValue(BaseModel):

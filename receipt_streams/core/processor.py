@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from receipt_streams.core.dlq import Source, dlq_record
+from receipt_streams.core.dlq import DlqBounds, Source, dlq_record, edu_dlq_records
 from receipt_streams.core.federation import RemoteReceipt, outbox_record, split_edu
 from receipt_streams.core.fold import Outcome, fold
 from receipt_streams.core.ids import server_of
@@ -79,6 +79,10 @@ class Limits:
     grace_ms: int = 30_000
     max_record_bytes: int = 65_536
     held_per_dep: int = 1_000
+    held_key_bytes: int = 262_144  # one held list (its changelog value), encoded
+    held_partition_bytes: int = 16 * 1024 * 1024  # all held lists of one partition
+    dlq: DlqBounds = DlqBounds()  # noqa: RUF009 (frozen)
+    dlq_per_edu: int = 100  # DLQ records for the rejected parts of one EDU, then a summary
 
 
 def _entry(src: Source, held_at: int) -> dict[str, Any]:
@@ -109,7 +113,9 @@ class Processor:
         self.limits = limits
 
     def reject(self, src: Source, rejection: Rejection, now_ms: int) -> SendDlq:
-        return SendDlq(src.topic, dlq_record(src, rejection, now_ms), rejection.reason)
+        return SendDlq(
+            src.topic, dlq_record(src, rejection, now_ms, self.limits.dlq), rejection.reason
+        )
 
     def _parse(self, model: type, src: Source, now_ms: int) -> Any:
         parsed = parse_payload(model, src.value, self.limits.max_record_bytes)
@@ -177,22 +183,25 @@ class Processor:
                 )
             ]
         accepted, rejected = split_edu(envelope.origin, envelope.edu.content)
-        effects: list[Effect] = [
-            self.reject(
-                src, Rejection(r.rejection.reason, f"{r.where}: {r.rejection.message}"), now_ms
-            )
-            for r in rejected
-        ]
+        records = edu_dlq_records(
+            src,
+            envelope.origin,
+            envelope.received_ts,
+            rejected,
+            now_ms,
+            self.limits.dlq,
+            self.limits.dlq_per_edu,
+        )
+        effects: list[Effect] = [SendDlq(src.topic, record, why) for record, why in records]
         effects += [Emit(FEDERATION_IN, r.room_id.encode(), r.encode()) for r in accepted]
         return effects
 
     def remote_receipt(self, src: Source, now_ms: int) -> list[Effect]:
         """One inbound entry on its room's partition: the origin must be in the room; the
         event may be unknown yet (remote events can arrive later)."""
-        try:
-            remote = RemoteReceipt.decode(src.value or b"")
-        except (ValueError, KeyError, TypeError) as exc:
-            return [self.reject(src, Rejection(Reason.BAD_SHAPE, repr(exc)), now_ms)]
+        remote = RemoteReceipt.parse(src.value)
+        if isinstance(remote, Rejection):
+            return [self.reject(src, remote, now_ms)]
         servers = self.state.servers(remote.room_id)
         if servers is None or not servers.has(remote.origin):
             return [
@@ -211,7 +220,7 @@ class Processor:
     def tick(self, partition: int, now_ms: int) -> list[Effect]:
         """The grace-period sweep for one partition: expired held receipts get a last check."""
         effects: list[Effect] = []
-        for key, entries in self.held.items():
+        for key, entries in self.held.items(partition):
             due = [
                 e
                 for e in entries
@@ -292,11 +301,23 @@ class Processor:
         this = (src.topic, src.partition, src.offset)
         if any(record_id(e) == this for e in entries):
             return [Held(hold.waiting_for)]  # already held before a crash
-        if len(entries) >= self.limits.held_per_dep:
-            why = f"more than {self.limits.held_per_dep} receipts wait for {hold.dep}"
+        limits = self.limits
+        if len(entries) >= limits.held_per_dep:
+            why = f"more than {limits.held_per_dep} receipts wait for {hold.dep}"
             return [self.reject(src, Rejection(Reason.HELD_OVERFLOW, why), now_ms)]
         entries.append(_entry(src, held_at))
-        self.held.put(key, entries)
+        raw = HeldReceipts.encode(entries)
+        if len(raw) > limits.held_key_bytes:
+            why = f"receipts waiting for {hold.dep} would take over {limits.held_key_bytes} bytes"
+            return [self.reject(src, Rejection(Reason.HELD_OVERFLOW, why), now_ms)]
+        total = self.held.partition_bytes(src.partition) + len(raw) - self.held.size(key)
+        if total > limits.held_partition_bytes:
+            why = (
+                f"receipts held on partition {src.partition} would take over "
+                f"{limits.held_partition_bytes} bytes"
+            )
+            return [self.reject(src, Rejection(Reason.HELD_OVERFLOW, why), now_ms)]
+        self.held.put_raw(key, raw, src.partition)
         return [Held(hold.waiting_for)]
 
     def _release(self, key: bytes, now_ms: int) -> list[Effect]:

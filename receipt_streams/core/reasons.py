@@ -16,7 +16,7 @@ class Reason(StrEnum):
     UNKNOWN_EVENT = "unknown_event"  # event not seen in the room within the grace period
     INVALID_THREAD = "invalid_thread"  # thread_id empty, non-string, or with m.fully_read
     THREAD_MISMATCH = "thread_mismatch"  # the event is not in the receipt's thread
-    HELD_OVERFLOW = "held_overflow"  # too many receipts waiting on one event or join
+    HELD_OVERFLOW = "held_overflow"  # too many receipts (or bytes) held for a dep or a partition
     ORIGIN_MISMATCH = "origin_mismatch"  # federation: user's server is not the EDU origin
     ORIGIN_NOT_IN_ROOM = "origin_not_in_room"  # federation: origin has no joined member
     INTERNAL_ERROR = "internal_error"  # a bug hit this record; it is parked, not lost

@@ -69,36 +69,83 @@ class RoomState:
 
 class HeldReceipts:
     """Receipts waiting for their event or join, per (room, what, dep); kept apart from the
-    room state so that the grace-period sweep scans only these few entries."""
+    room state so that the grace-period sweep scans only these few entries.
+
+    Each list is bounded in bytes by the processor, and so is each partition's total: it is
+    counted here per partition (the entries say their partition: one store may serve all of
+    them), from a scan of the store the first time it is asked for, then kept up to date by
+    every write, and counted afresh by every sweep of the partition (`items(partition)`), so
+    that it follows the store through restores and rebalances.
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._bytes: dict[int, int] = {}
 
     @staticmethod
     def key(room_id: str, waiting_for: str, dep: str) -> bytes:
         return _key(room_id, waiting_for, dep)
 
+    @staticmethod
+    def encode(entries: list[dict[str, Any]]) -> bytes:
+        return orjson.dumps(entries)
+
     def get(self, key: bytes) -> list[dict[str, Any]]:
         raw = self.store.get(key)
         return orjson.loads(raw) if raw is not None else []
 
+    def size(self, key: bytes) -> int:
+        """Bytes of one held list as stored (and on the changelog)."""
+        raw = self.store.get(key)
+        return len(raw) if raw is not None else 0
+
+    def partition_bytes(self, partition: int) -> int:
+        """Bytes of all held lists of `partition`."""
+        if partition not in self._bytes:
+            self._bytes[partition] = sum(
+                len(raw)
+                for _, raw in self.store.items()
+                if orjson.loads(raw)[0]["partition"] == partition
+            )
+        return self._bytes[partition]
+
+    def _adjust(self, partition: int, delta: int) -> None:
+        if partition in self._bytes:  # else the next scan counts it
+            self._bytes[partition] += delta
+
     def put(self, key: bytes, entries: list[dict[str, Any]]) -> None:
-        self.store[key] = orjson.dumps(entries)
+        self.put_raw(key, self.encode(entries), entries[0]["partition"])
+
+    def put_raw(self, key: bytes, raw: bytes, partition: int) -> None:
+        old = self.size(key)
+        self.store[key] = raw
+        self._adjust(partition, len(raw) - old)
 
     def remove(self, key: bytes, records: frozenset[tuple[str, int, int]]) -> None:
         """Drop the named records (topic, partition, offset) from a list; an emptied list is
         deleted."""
-        keep = [
-            e for e in self.get(key) if (e["topic"], e["partition"], e["offset"]) not in records
-        ]
+        entries = self.get(key)
+        if not entries:
+            return
+        keep = [e for e in entries if (e["topic"], e["partition"], e["offset"]) not in records]
+        if len(keep) == len(entries):
+            return
         if keep:
             self.put(key, keep)
-        elif key in self.store:
+        else:
+            self._adjust(entries[0]["partition"], -self.size(key))
             del self.store[key]
 
-    def items(self) -> Iterator[tuple[bytes, list[dict[str, Any]]]]:
+    def items(self, partition: int | None = None) -> Iterator[tuple[bytes, list[dict[str, Any]]]]:
+        """Every held list; with `partition`, a full pass also counts that partition's bytes."""
+        total = 0
         for key, raw in list(self.store.items()):
-            yield key, orjson.loads(raw)
+            entries = orjson.loads(raw)
+            if entries and entries[0]["partition"] == partition:
+                total += len(raw)
+            yield key, entries
+        if partition is not None:
+            self._bytes[partition] = total
 
 
 class ReceiptsTable:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal, NamedTuple
 
+from receipt_streams.core.ids import valid_thread_id
 from receipt_streams.core.membership import MemberState
 from receipt_streams.core.models import ClientReceipt
 from receipt_streams.core.parsing import Rejection
@@ -38,6 +39,8 @@ def check_thread_param(receipt_type: str, thread_id: object) -> Rejection | None
         return None
     if not isinstance(thread_id, str) or not thread_id:
         return Rejection(Reason.INVALID_THREAD, "thread_id must be a non-empty string")
+    if not valid_thread_id(thread_id):
+        return Rejection(Reason.INVALID_THREAD, "thread_id must be main or an event ID")
     if receipt_type == "m.fully_read":
         return Rejection(Reason.INVALID_THREAD, "thread_id is not allowed with m.fully_read")
     return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 
 import orjson
 import pytest
@@ -22,7 +23,13 @@ def test_text_record() -> None:
         "partition": 3,
         "offset": 17,
         "key": "!r:hs1",
+        "key_size": 6,
+        "key_sha256": hashlib.sha256(b"!r:hs1").hexdigest(),
+        "key_truncated": False,
         "value": '{"a": 1}',
+        "value_size": 8,
+        "value_sha256": hashlib.sha256(b'{"a": 1}').hexdigest(),
+        "value_truncated": False,
         "error": {"code": "bad_shape", "message": "ts: missing"},
         "ts": 99,
     }

@@ -67,7 +67,8 @@ def test_forged_entry_is_rejected_and_the_good_one_kept() -> None:
     )
     assert [r.user_id for r in accepted] == ["@u:hs2"]
     assert [str(r.rejection.reason) for r in rejected] == ["origin_mismatch"] * 2
-    assert "@evil:hs3" in rejected[0].where and ROOM in rejected[0].where
+    assert rejected[0].path == (ROOM, "m.read", "@evil:hs3")
+    assert rejected[0].entry == entry()  # the part as sent
 
 
 def test_server_part_must_equal_origin_exactly() -> None:

@@ -125,7 +125,11 @@ def test_forged_entry_goes_to_the_dlq_and_the_good_one_is_folded(f: FedHarness) 
     assert dlq_reasons(split) == ["origin_mismatch", "origin_mismatch"]
     dlq = decoded(dlqs(split)[0])
     assert dlq["topic"] == FEDERATION and dlq["key"] == "hs2"
-    assert orjson.loads(dlq["value"])["edu"]["content"] == content  # the raw record, kept
+    # That entry only, as a federation record that could be sent again, and the EDU's hash.
+    assert orjson.loads(dlq["value"])["edu"]["content"] == {ROOM: {"m.read": {D: entry("$e1")}}}
+    assert orjson.loads(dlq["value"])["origin"] == "hs2"
+    assert dlq["edu"]["origin"] == "hs2" and dlq["edu"]["path"] == [ROOM, "m.read", D]
+    assert dlq["edu"]["entries"] == 1 and len(dlq["edu"]["sha256"]) == 64
     assert D in dlq["error"]["message"]
     assert [x.key.user_id for x in folded(routed)] == [C]
     assert set(f.h.table()) == {ReceiptKey(ROOM, C, "m.read", None)}
