@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     schemas = sub.add_parser("schemas", help="write the topics' JSON Schemas")
     schemas.add_argument("--out", default="schemas", help="folder (default: schemas)")
     schemas.set_defaults(func=_cmd_schemas)
+    # Operators' tool: `receipt-streams ctl status|reset|rebuild|diff|dlq|inspect`.
+    from receipt_streams.ops.cli import add_ctl
+
+    add_ctl(sub)
     return parser
 
 
