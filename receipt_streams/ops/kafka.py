@@ -174,7 +174,11 @@ async def ensure_compacted_topic(s: Settings, name: str) -> None:
             return
         with contextlib.suppress(TopicAlreadyExistsError):
             await a.create_topics(
-                [NewTopic(name, 1, s.replication_factor, {"cleanup.policy": "compact"})]
+                [
+                    NewTopic(
+                        name, 1, s.replication_factor, topic_configs={"cleanup.policy": "compact"}
+                    )
+                ]
             )
 
 
