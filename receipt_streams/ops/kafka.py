@@ -39,6 +39,7 @@ async def started(c: Any) -> AsyncIterator[Any]:
             f"cannot reach Kafka at {getattr(c, '_bootstrap_servers', '?')}: {exc!r}",
             "set KAFKA_BOOTSTRAP_SERVERS (or RECEIPT_STREAMS_BOOTSTRAP_SERVERS) to the cluster",
         ) from exc
+    await asyncio.sleep(0)  # let the client's tasks start: one cancelled unstarted breaks stop()
     try:
         yield c
     finally:
