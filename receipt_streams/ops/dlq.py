@@ -262,7 +262,10 @@ async def read_one(s: Settings, partition: int, offset: int) -> Entry:
         begin, end = (await c.beginning_offsets([tp]))[tp], (await c.end_offsets([tp]))[tp]
         if not begin <= offset < end:
             raise CtlError(
-                f"no record {partition}:{offset} on {s.topic_dlq} (it holds {begin}..{end - 1})",
+                f"no record {partition}:{offset} on {s.topic_dlq} "
+                + (
+                    f"(it holds {begin}..{end - 1})" if end > begin else "(that partition is empty)"
+                ),
                 "take an id from `receipt-streams ctl dlq list`",
             )
         c.seek(tp, offset)

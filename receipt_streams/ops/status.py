@@ -119,7 +119,7 @@ def render(status: dict[str, Any], verbose: bool) -> str:
             lines.append(
                 f"  member {m['client_id']} on {m['host']}: {len(m['assignment'])} partitions"
             )
-        rows = [r for r in g["partitions"] if verbose or r["lag"] or r["committed"] is None]
+        rows = [r for r in g["partitions"] if verbose or r["lag"]]
         if rows:
             lines.append(
                 "  "
