@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     from receipt_streams.migrate.cli import add_import_synapse
 
     add_import_synapse(sub)
+    # Operators' tool: `receipt-streams ctl status|reset|rebuild|diff|dlq|inspect`.
+    from receipt_streams.ops.cli import add_ctl
+
+    add_ctl(sub)
     return parser
 
 
