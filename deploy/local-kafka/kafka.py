@@ -23,6 +23,7 @@ Library::
 
     with LocalKafka() as kafka:
         print(kafka.bootstrap_servers, kafka.start_seconds)
+        kafka.restart()  # kill -9, then the same broker again: same address, same data
 
 Environment: ``RECEIPT_STREAMS_KAFKA_CACHE`` overrides the jar cache directory (default
 ``deploy/local-kafka/.cache/kafka-<version>``); ``JAVA_HOME`` selects the JVM if set.
@@ -414,6 +415,7 @@ class LocalKafka:
         self._proc: subprocess.Popen[bytes] | None = None
         self._broker_port: int | None = None
         self._start_seconds: float | None = None
+        self._data_dir: Path | None = None  # kept by start() for restart()
         self._lock = threading.Lock()
 
     # -- properties ---------------------------------------------------------------------------
@@ -497,6 +499,7 @@ class LocalKafka:
                     self._format_storage(java, lib, deadline - time.monotonic())
                 try:
                     self._launch(java, lib, broker_port, deadline)
+                    self._data_dir = data
                     break
                 except LocalKafkaError as exc:
                     # Another process grabbed a port between free_ports() and the bind.
@@ -615,6 +618,46 @@ class LocalKafka:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the broker's process group at once, as a crash would; idempotent.
+
+        The ports, ``server.properties`` and data stay, so ``restart()`` brings the same broker
+        back on the same address.
+        """
+        with self._lock:
+            proc, self._proc = self._proc, None
+            if proc is None:
+                return
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def restart(self, timeout: float = 60) -> LocalKafka:
+        """Kill the broker if it is alive, then start it again on the same broker and
+        controller ports and the same data dir; wait until it is ready.
+
+        For fault tests: clients keep their bootstrap address, and the topics, offsets and
+        transactions on disk survive (after an unclean shutdown the broker recovers its logs).
+        The JVM is tied to the calling thread (``die_with_parent``), as for ``start()``.
+        """
+        if self._workdir is None or self._broker_port is None or self._data_dir is None:
+            raise LocalKafkaError("restart() needs a broker that start() started")
+        self.kill()
+        java, lib = find_java(), ensure_jars()
+        began = time.monotonic()
+        deadline = began + timeout
+        while True:
+            try:
+                self._launch(java, lib, self._broker_port, deadline)
+                break
+            except LocalKafkaError as exc:
+                # The dead JVM's sockets may linger a moment; the ports must stay the same.
+                if "Address already in use" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
+        self._start_seconds = time.monotonic() - began
+        return self
 
     def detach(self) -> int:
         """Leave the broker running after this object is gone (``start`` CLI); return its pid."""

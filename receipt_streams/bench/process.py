@@ -128,8 +128,19 @@ class WorkerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
+    def pause(self) -> None:
+        """SIGSTOP the process group: a GC pause or a VM stall, the process unaware of it."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause()``: the process runs on as if no time had passed."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGCONT)
+
     def stop(self, timeout: float = 30) -> int | None:
         if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGCONT)  # a paused process cannot handle SIGTERM
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
@@ -164,16 +175,23 @@ async def produce(bootstrap: str, records: Iterable[tuple[str, bytes | None, Any
 
 
 class TopicReader:
-    """Reads a topic from the beginning, keeping everything seen so far."""
+    """Reads a topic from the beginning, keeping everything seen so far.
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    Committed records only by default, as every consumer of the outputs and changelogs must
+    read them (they are written in transactions; aborted writes are never seen).
+    """
+
+    def __init__(self, bootstrap: str, topic: str, isolation_level: str = "read_committed") -> None:
         self.bootstrap, self.topic = bootstrap, topic
+        self.isolation_level = isolation_level
         self.records: list[Any] = []
         self._consumer: AIOKafkaConsumer | None = None
 
     async def __aenter__(self) -> TopicReader:
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            isolation_level=self.isolation_level,
         )
         await self._consumer.start()
         partitions = None

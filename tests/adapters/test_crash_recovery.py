@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import orjson
 import pytest
 
-from receipt_streams.core.deltas import apply_delta, table_view
-from receipt_streams.core.receipts import Receipt, ReceiptKey
+from tests.support.judging import latest_edu_entries, latest_per_key, views_from_deltas, views_of
 from tests.support.scenario import deltas_until_sentinel
 from tests.support.worker import TopicReader, WorkerProcess, produce, worker_settings
 from tests.support.workload import build_workload, reference_table
@@ -23,19 +21,6 @@ pytestmark = pytest.mark.broker
 # Kill once the changelog has grown by this many records since the chunk was sent.
 KILL_AFTER = [5, 150, 450]
 CHUNK = 1000
-
-
-def latest_per_key(records: list) -> dict[tuple, dict]:
-    table: dict[tuple, dict] = {}
-    for m in records:
-        key = tuple(orjson.loads(m.key))
-        if key[1] == "@sentinel:hs1":
-            continue
-        if m.value is None:
-            table.pop(key, None)
-        else:
-            table[key] = orjson.loads(m.value)
-    return table
 
 
 @pytest.mark.parametrize("engine", ["batch", "faust"])
@@ -113,43 +98,3 @@ async def test_sigkill_at_any_point_loses_nothing(
             await edus.wait_for(edus_match, timeout=60, what="EDUs matching the table")
     finally:
         worker.stop()
-
-
-def latest_edu_entries(records: list, destination: str) -> dict[tuple, str]:
-    """(room, user, thread) -> event, from the EDUs sent to `destination`, in order."""
-    latest: dict[tuple, str] = {}
-    for m in records:
-        edu = orjson.loads(m.value)
-        if edu["destination"] != destination:
-            continue
-        for room_id, by_type in edu["content"].items():
-            for user_id, receipt in by_type["m.read"].items():
-                if user_id != "@sentinel:hs1":
-                    thread = receipt["data"].get("thread_id")
-                    latest[(room_id, user_id, thread)] = receipt["event_ids"][0]
-    return latest
-
-
-def views_of(table: dict[tuple, dict]) -> dict[str, dict]:
-    rooms: dict[str, list] = {}
-    for key, value in table.items():
-        if key[1] == "@sentinel:hs1":
-            continue
-        rooms.setdefault(key[0], []).append(
-            (
-                ReceiptKey(*key),
-                Receipt(value["event_id"], value["stream_pos"], value["ts"], value["data"]),
-            )
-        )
-    return {room: table_view(entries) for room, entries in rooms.items()}
-
-
-def views_from_deltas(records: list) -> dict[str, dict]:
-    views: dict[str, dict] = {}
-    for m in records:
-        delta = orjson.loads(m.value)
-        apply_delta(views.setdefault(delta["room_id"], {}), delta)
-    for view in views.values():
-        for slot in [k for k in view if k[0] == "@sentinel:hs1"]:
-            del view[slot]
-    return views

@@ -93,3 +93,46 @@ def test_stop_is_idempotent_on_a_never_started_instance() -> None:
     assert kafka.pid is None
     with pytest.raises(lk.LocalKafkaError):
         _ = kafka.bootstrap_servers
+
+
+@pytest.mark.broker
+async def test_restart_keeps_the_address_and_the_data(tmp_path: Path) -> None:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    kafka = lk.LocalKafka(tmp_path / "broker").start(timeout=90)
+    try:
+        bootstrap = kafka.bootstrap_servers
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            for i in range(20):
+                await producer.send_and_wait("survivors", f"r{i}".encode(), partition=0)
+        finally:
+            await producer.stop()
+        first_pid = kafka.pid
+
+        kafka.restart(timeout=90)  # kill -9 first: the broker shuts down uncleanly
+        assert kafka.bootstrap_servers == bootstrap
+        assert kafka.pid != first_pid
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            tp = TopicPartition("survivors", 0)
+            consumer.assign([tp])
+            got: list[bytes] = []
+            for _ in range(50):
+                batches = await consumer.getmany(tp, timeout_ms=200)
+                got += [m.value for m in batches.get(tp, [])]
+                if len(got) >= 20:
+                    break
+        finally:
+            await consumer.stop()
+        assert got == [f"r{i}".encode() for i in range(20)]
+
+        kafka.kill()
+        kafka.kill()  # idempotent
+        assert kafka.pid is None
+        with pytest.raises(OSError):
+            lk.probe_metadata(bootstrap, timeout=1)
+    finally:
+        kafka.stop()
