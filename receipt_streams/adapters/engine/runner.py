@@ -43,7 +43,7 @@ from receipt_streams.adapters import metrics
 from receipt_streams.adapters.clock import now_ms
 from receipt_streams.adapters.effects import Tally, guarded, limits_of
 from receipt_streams.adapters.engine.ordering import InputBuffers
-from receipt_streams.adapters.engine.stores import Overlay, RocksStore, TableStore
+from receipt_streams.adapters.engine.stores import Overlay, RocksMemory, RocksStore, TableStore
 from receipt_streams.adapters.sending import Output, send_all
 from receipt_streams.adapters.supervise import supervise
 from receipt_streams.config import Settings
@@ -66,11 +66,15 @@ _YIELD_EVERY = 250  # records folded between two turns of the event loop
 Backend = Callable[[str, int], TableStore]  # (table, partition) -> its store
 
 
-def rocks_backend(root: Path, cache_entries: int = 0) -> Backend:
+def rocks_backend(root: Path, s: Settings) -> Backend:
     # The held table holds only receipts waiting out their grace period: its keys fit in
     # memory, and every join and event asks it for a key it almost never has.
+    memory = RocksMemory(s.rocksdb_memory_bytes, s.rocksdb_write_buffer_bytes)  # all stores'
     return lambda table, partition: RocksStore(
-        root / f"{table}-{partition}", index_keys=table == "held", cache_entries=cache_entries
+        root / f"{table}-{partition}",
+        index_keys=table == "held",
+        cache_bytes=s.store_cache_bytes,
+        memory=memory,
     )
 
 
@@ -108,7 +112,7 @@ class FoldEngine:
 
     def __init__(self, settings: Settings, backend: Backend | None = None) -> None:
         s = self.s = settings
-        self.backend = backend or rocks_backend(s.data_dir / "stores", s.store_cache_entries)
+        self.backend = backend or rocks_backend(s.data_dir / "stores", s)
         self.limits = limits_of(s)
         self.changelogs = {
             "receipts": s.changelog_receipts,
