@@ -86,11 +86,24 @@ class Settings(BaseSettings):
         "memory:// for tests.",
     )
     data_dir: Path = Field(Path(".local/worker"), description="Local table state (RocksDB).")
-    store_cache_entries: int = Field(
-        20_000,
+    store_cache_bytes: int = Field(
+        4 * 2**20,
         ge=0,
-        description="Batch engine: table entries (present or absent) kept in memory per "
-        "store, in front of RocksDB; a worker has three stores per partition.",
+        description="Batch engine: bytes of table entries (present or absent, each "
+        "counted with its overhead) kept in memory per store in front of RocksDB; a worker "
+        "has three stores per partition. 0: no cache.",
+    )
+    rocksdb_memory_bytes: int = Field(
+        64 * 2**20,
+        ge=2**20,
+        description="Batch engine: RocksDB memory of a worker process, shared by all its "
+        "stores: one block cache, to which the memtables are charged.",
+    )
+    rocksdb_write_buffer_bytes: int = Field(
+        4 * 2**20,
+        ge=64 * 2**10,
+        description="Batch engine: one store's RocksDB memtable size (it is flushed to disk "
+        "at this size, or sooner when all memtables reach half of rocksdb_memory_bytes).",
     )
     web_host: str = Field("127.0.0.1", description="Address of the HTTP API.")
     web_port: int = Field(

@@ -37,6 +37,11 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         "latency": lambda: bench_latency(b, args.rate, args.duration),
         "recovery": lambda: bench_recovery(b, args.keys, serve_api=not args.split_api),
     }
+    from receipt_streams.bench.memory import bench_memory  # not in "all": slow, RSS only
+
+    runs["memory"] = lambda: bench_memory(
+        b, args.keys, relays_apart=not args.relays_inline, users_per_room=args.users_per_room
+    )
     results = {}
     jobs = [
         (name, guarantee)

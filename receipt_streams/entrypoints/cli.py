@@ -93,13 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure the pipeline beside the broker's ceiling "
         "(needs KAFKA_BOOTSTRAP_SERVERS or RECEIPT_STREAMS_BOOTSTRAP_SERVERS)",
     )
-    bench.add_argument("scenario", choices=["fold", "ingest", "latency", "recovery", "all"])
+    bench.add_argument(
+        "scenario", choices=["fold", "ingest", "latency", "recovery", "memory", "all"]
+    )
     bench.add_argument("--receipts", type=int, default=50_000, help="fold: receipts preloaded")
     bench.add_argument("--requests", type=int, default=20_000, help="ingest: HTTP requests")
     bench.add_argument("--concurrency", type=int, default=64, help="ingest: clients")
     bench.add_argument("--rate", type=float, default=1000.0, help="latency: receipts/s")
     bench.add_argument("--duration", type=float, default=10.0, help="latency: seconds")
-    bench.add_argument("--keys", type=int, default=1_000_000, help="recovery: table keys")
+    bench.add_argument(
+        "--keys", type=int, default=1_000_000, help="recovery, memory: distinct table keys"
+    )
     bench.add_argument("--partitions", type=int, default=4)
     bench.add_argument(
         "--split-api",
@@ -109,7 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--relays-inline",
         action="store_true",
-        help="fold: the relays in the worker, not in a `receipt-streams relays` process",
+        help="fold, memory: the relays in the worker, not in a `receipt-streams relays` process",
+    )
+    bench.add_argument(
+        "--users-per-room", type=int, default=50, help="memory: members (and receipts) per room"
     )
     bench.add_argument(
         "--guarantee",

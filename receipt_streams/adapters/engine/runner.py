@@ -56,7 +56,7 @@ class FoldEngine:
 
     def __init__(self, settings: Settings, backend: Backend | None = None) -> None:
         s = self.s = settings
-        self.backend = backend or rocks_backend(s.data_dir / "stores", s.store_cache_entries)
+        self.backend = backend or rocks_backend(s.data_dir / "stores", s)
         self.limits = limits_of(s)
         self.room_keyed = set(s.room_keyed_inputs())
         self.tasks: dict[int, PartitionTask] = {}

@@ -5,6 +5,12 @@ changelog records of a batch are acknowledged, in one atomic write that also rec
 changelog offset reached, so a restart restores from that offset on and a crash can never
 leave a value that is in no changelog. `RocksStore` is the production backend, `MemoryStore`
 the one for unit tests; `Overlay` is the view the core folds a batch through.
+
+Memory is bounded in bytes: each store's read cache by `cache_bytes`, and RocksDB's own
+memory (block cache and memtables) by one `RocksMemory` shared by every store of a process.
+Bytes kept beyond a call are copied first (`compact`): orjson (3.12 on) returns a `bytes`
+whose allocation is about 4 KB however short it is, so keeping the core's keys and values as
+they come would cost 4 KB each (README, Performance).
 """
 
 from __future__ import annotations
@@ -15,13 +21,64 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteBufferManager
 
 Writes = Mapping[bytes, bytes | None]  # None: delete (a tombstone on the changelog)
 
 # Table keys are JSON arrays (they start with "["), so this key can never be a table key.
 _OFFSET_KEY = b"\x00changelog-offset"
 _UNSET = object()
+# Memory a read cache entry costs besides its key's and value's bytes: two bytes object
+# headers and an OrderedDict entry (measured with tracemalloc: about 170 bytes).
+ENTRY_OVERHEAD = 176
+MiB = 1 << 20
+
+
+def compact(data: bytes) -> bytes:
+    """A copy of `data` in an allocation of its own size (see the module docstring)."""
+    return b"".join((data, b""))
+
+
+class RocksMemory:
+    """RocksDB's memory for every store of a process, bounded by `total_bytes`: one LRU block
+    cache, which holds the data, index and filter blocks read, and to which the memtables
+    are charged (a write buffer manager flushes the largest memtable once they reach half
+    of it). `write_buffer_bytes` is one store's memtable size, the point it flushes at."""
+
+    def __init__(self, total_bytes: int = 64 * MiB, write_buffer_bytes: int = 4 * MiB) -> None:
+        self.total_bytes = total_bytes
+        self.write_buffer_bytes = write_buffer_bytes
+        self.cache = Cache(total_bytes)
+        self.write_buffers = WriteBufferManager.new_write_buffer_manager_with_cache(
+            total_bytes // 2, False, self.cache
+        )
+
+    def options(self) -> Options:
+        options = Options(raw_mode=True)
+        table = BlockBasedOptions()
+        table.set_block_cache(self.cache)
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+        options.set_block_based_table_factory(table)
+        options.set_write_buffer_size(self.write_buffer_bytes)
+        options.set_max_write_buffer_number(2)
+        options.set_write_buffer_manager(self.write_buffers)
+        return options
+
+    def usage(self) -> int:
+        """Bytes held now: blocks cached, and memtables (charged to the cache)."""
+        return self.cache.get_usage()
+
+
+_default_memory: RocksMemory | None = None
+
+
+def default_memory() -> RocksMemory:
+    """The memory of stores opened without one (tests, tools): shared too, and bounded."""
+    global _default_memory
+    if _default_memory is None:
+        _default_memory = RocksMemory()
+    return _default_memory
 
 
 class TableStore(ABC):
@@ -73,24 +130,38 @@ class RocksStore(TableStore):
     """A RocksDB store, with two in-memory shortcuts, since a call into RocksDB costs as much
     as ten dict lookups and the fold reads a few keys per record:
 
-    - a cache of the last `cache_entries` keys read (first in, first out), absent keys
-      included, kept true by every write: a batch reads the same rooms' members, events
-      and servers record after record;
+    - a cache of the keys read last (first in, first out), absent keys included, at most
+      `cache_bytes` of them (keys, values and `ENTRY_OVERHEAD` each), kept true by every
+      write: a batch reads the same rooms' members, events and servers record after record;
     - with `index_keys`, every key of the store, so that a read of an absent key is a set
       lookup: for a small table asked mostly for keys it does not have (the held receipts,
-      asked at every join and event)."""
+      asked at every join and event).
 
-    def __init__(self, path: Path, index_keys: bool = False, cache_entries: int = 0) -> None:
+    RocksDB's own memory is `memory`'s, shared with the process's other stores."""
+
+    def __init__(
+        self,
+        path: Path,
+        index_keys: bool = False,
+        cache_bytes: int = 0,
+        memory: RocksMemory | None = None,
+    ) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = Rdict(str(path), Options(raw_mode=True))
+        self.memory = memory or default_memory()
+        self.db = Rdict(str(path), self.memory.options())
         raw = self.db.get(_OFFSET_KEY)
         self._offset = int(raw) if raw is not None else None
         self._keys: set[bytes] | None = None
         if index_keys:
             self._keys = {key for key, _ in self.items()}
-        self.cache_entries = cache_entries
+        self.cache_bytes = cache_bytes
+        self.cached_bytes = 0  # what the cache's entries cost now, by `entry_cost`
         self._cache: OrderedDict[bytes, bytes | None] = OrderedDict()
+
+    @staticmethod
+    def entry_cost(key: bytes, value: bytes | None) -> int:
+        return len(key) + (len(value) if value is not None else 0) + ENTRY_OVERHEAD
 
     def get(self, key: bytes) -> bytes | None:
         value = self._cache.get(key, _UNSET)
@@ -99,15 +170,17 @@ class RocksStore(TableStore):
         if self._keys is not None and key not in self._keys:
             return None
         value = self.db.get(key)
-        self._remember(key, value)  # type: ignore[arg-type]
+        if self.cache_bytes > 0:
+            self._remember(key, value)  # type: ignore[arg-type]
         return value  # type: ignore[return-value]
 
     def _remember(self, key: bytes, value: bytes | None) -> None:
-        if self.cache_entries <= 0:
-            return
-        if len(self._cache) >= self.cache_entries:
-            self._cache.popitem(last=False)
-        self._cache[key] = value
+        cache = self._cache
+        self.cached_bytes += self.entry_cost(key, value)
+        cache[compact(key)] = value  # the caller's key may be orjson's; the value is RocksDB's
+        while self.cached_bytes > self.cache_bytes and cache:
+            old_key, old_value = cache.popitem(last=False)
+            self.cached_bytes -= self.entry_cost(old_key, old_value)
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self.db.items():
@@ -126,13 +199,20 @@ class RocksStore(TableStore):
         self.db.write(batch)
         cache = self._cache
         for key, value in writes.items():
-            if key in cache:  # kept true; not added: a restore writes every key once
+            old = cache.get(key, _UNSET)
+            if old is not _UNSET:  # kept true; not added: a restore writes every key once
+                if value is not None:
+                    value = compact(value)
                 cache[key] = value
+                self.cached_bytes += self.entry_cost(key, value) - self.entry_cost(key, old)  # type: ignore[arg-type]
             if self._keys is not None:
                 if value is None:
                     self._keys.discard(key)
-                else:
-                    self._keys.add(key)
+                elif key not in self._keys:
+                    self._keys.add(compact(key))
+        while self.cached_bytes > self.cache_bytes and cache:  # an entry grew
+            old_key, old_value = cache.popitem(last=False)
+            self.cached_bytes -= self.entry_cost(old_key, old_value)
         if offset is not None:
             self._offset = offset
 
@@ -154,7 +234,8 @@ class Overlay(MutableMapping[bytes, bytes]):
 
     `seal` hands a batch's writes over while they are made durable and keeps them visible
     (`sealed`, oldest first), so the next batch can be folded on top of them meanwhile;
-    `settle` forgets them once the store holds them."""
+    `settle` forgets them once the store holds them. Written keys and values are kept as
+    `compact` copies: two batches of them are in memory at once, and the stores keep some."""
 
     def __init__(self, store: TableStore) -> None:
         self.store = store
@@ -179,12 +260,15 @@ class Overlay(MutableMapping[bytes, bytes]):
         return value
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
-        self.pending[key] = value
+        pending = self.pending
+        if key not in pending:
+            key = compact(key)
+        pending[key] = compact(value)
 
     def __delitem__(self, key: bytes) -> None:
         if self.get(key) is None:
             raise KeyError(key)
-        self.pending[key] = None
+        self.pending[compact(key)] = None
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, bytes) and self.get(key) is not None

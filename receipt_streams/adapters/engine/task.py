@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from aiokafka import TopicPartition
 
 from receipt_streams.adapters.effects import Output, Router, Tally
-from receipt_streams.adapters.engine.stores import Overlay, RocksStore, TableStore
+from receipt_streams.adapters.engine.stores import Overlay, RocksMemory, RocksStore, TableStore
 from receipt_streams.adapters.transactions import Offsets, PartitionSink, Written
 from receipt_streams.config import Settings
 from receipt_streams.core.processor import Limits, Processor
@@ -24,11 +24,15 @@ TABLES = ("receipts", "room_state", "held")
 Backend = Callable[[str, int], TableStore]  # (table, partition) -> its store
 
 
-def rocks_backend(root: Path, cache_entries: int = 0) -> Backend:
+def rocks_backend(root: Path, s: Settings) -> Backend:
     # The held table holds only receipts waiting out their grace period: its keys fit in
     # memory, and every join and event asks it for a key it almost never has.
+    memory = RocksMemory(s.rocksdb_memory_bytes, s.rocksdb_write_buffer_bytes)  # all stores'
     return lambda table, partition: RocksStore(
-        root / f"{table}-{partition}", index_keys=table == "held", cache_entries=cache_entries
+        root / f"{table}-{partition}",
+        index_keys=table == "held",
+        cache_bytes=s.store_cache_bytes,
+        memory=memory,
     )
 
 

@@ -8,9 +8,11 @@ the tests that need a restart close it and open the same path again.
 from __future__ import annotations
 
 import tempfile
+import tracemalloc
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,6 +21,7 @@ from receipt_streams.adapters.engine.stores import (
     _OFFSET_KEY,
     MemoryStore,
     Overlay,
+    RocksMemory,
     RocksStore,
     TableStore,
 )
@@ -26,13 +29,14 @@ from receipt_streams.adapters.engine.stores import (
 BACKENDS = ["memory", "rocks", "rocks-indexed", "rocks-cached"]
 
 A, B, C, D = b'["a"]', b'["b"]', b'["c"]', b'["d"]'
+TWO_ENTRIES = 2 * RocksStore.entry_cost(A, b"1")  # two of these keys with one-byte values
 
 
 def open_store(backend: str, path: Path) -> TableStore:
     if backend == "memory":
         return MemoryStore()
     if backend == "rocks-cached":
-        return RocksStore(path, cache_entries=2)  # tiny: entries come and go all the time
+        return RocksStore(path, cache_bytes=TWO_ENTRIES)  # tiny: entries come and go all the time
     return RocksStore(path, index_keys=backend == "rocks-indexed")
 
 
@@ -240,7 +244,7 @@ def test_an_indexed_rocks_store_knows_its_keys_again_after_a_reopen(rocks_path: 
 
 
 def test_the_cache_keeps_the_latest_reads_and_follows_every_write(rocks_path: Path) -> None:
-    store = RocksStore(rocks_path, cache_entries=2)
+    store = RocksStore(rocks_path, cache_bytes=TWO_ENTRIES)
     try:
         store.apply({A: b"1", B: b"2", C: b"3"}, 1)
         assert list(store._cache) == []  # writes alone fill nothing (a restore writes all)
@@ -251,11 +255,78 @@ def test_the_cache_keeps_the_latest_reads_and_follows_every_write(rocks_path: Pa
         assert (store.get(C), store.get(D), store.get(A)) == (None, b"4", b"1")
     finally:
         store.close()
-    again = RocksStore(rocks_path, cache_entries=2)
+    again = RocksStore(rocks_path, cache_bytes=TWO_ENTRIES)
     try:
         assert contents(again) == {A: b"1", B: b"2", D: b"4"}
     finally:
         again.close()
+
+
+def test_the_cache_is_bounded_by_the_bytes_it_holds(rocks_path: Path) -> None:
+    big, small = b"x" * 1000, b"y"
+    cost = RocksStore.entry_cost
+    store = RocksStore(rocks_path, cache_bytes=cost(A, big) + 2 * cost(B, small))
+    try:
+        store.apply({A: big, B: small, C: small, D: small}, 1)
+        assert [store.get(k) for k in (B, C, D)] == [small] * 3
+        assert list(store._cache) == [B, C, D]
+        assert store.get(A) == big  # one entry's worth too much: the oldest goes
+        assert list(store._cache) == [C, D, A]
+        assert store.cached_bytes == cost(A, big) + 2 * cost(B, small) == store.cache_bytes
+        store.apply({D: big}, 2)  # a cached entry grows: the oldest go, first in first out
+        assert store._cache == {A: big}
+        assert store.cached_bytes == cost(A, big)
+        assert [store.get(k) for k in (A, B, C, D)] == [big, small, small, big]
+    finally:
+        store.close()
+
+
+def _orjson_records(n: int) -> Iterator[tuple[bytes, bytes]]:
+    for i in range(n):
+        yield (
+            orjson.dumps([f"!room{i}:hs0", f"@user{i}:hs0", "m.read", None]),
+            orjson.dumps({"event_id": f"$event{i}", "stream_pos": i, "ts": i}),
+        )
+
+
+def test_kept_keys_and_values_cost_their_size_not_orjsons_allocation(rocks_path: Path) -> None:
+    # orjson's `dumps` returns bytes in an allocation of about 4 KB: an overlay, a store's
+    # cache or its key index that kept them as they come would cost 4 KB an entry.
+    n = 2000
+    store = RocksStore(rocks_path, index_keys=True, cache_bytes=1 << 30)
+    overlay = Overlay(store)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for key, value in _orjson_records(n):
+            overlay.get(key)
+            overlay[key] = value
+        pending = tracemalloc.get_traced_memory()[0] - before
+        store.apply(overlay.seal(), 1)
+        for key, _ in _orjson_records(n):
+            assert store.get(key) is not None  # now cached: key, value and index entry
+        overlay.settle(overlay.sealed[0])
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        store.close()
+    assert len(store._cache) == n
+    assert pending / n < 600, f"{pending / n:.0f} bytes per pending write"
+    assert kept / n < 800, f"{kept / n:.0f} bytes per cached and indexed entry"
+
+
+def test_rocks_memory_is_shared_and_bounded(tmp_path: Path) -> None:
+    memory = RocksMemory(total_bytes=4 << 20, write_buffer_bytes=256 << 10)
+    stores = [RocksStore(tmp_path / f"s{i}", memory=memory) for i in range(3)]
+    try:
+        for n in range(20):
+            for store in stores:
+                store.apply({b'["k%d-%d"]' % (n, i): b"v" * 200 for i in range(500)}, n)
+        assert 0 < memory.usage() <= 5 << 20  # memtables charged to the one cache
+        assert stores[0].get(b'["k0-0"]') == b"v" * 200
+    finally:
+        for store in stores:
+            store.close()
 
 
 def test_rocks_store_destroy_removes_everything(rocks_path: Path) -> None:
