@@ -21,7 +21,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from tqdm import tqdm
 
-from receipt_streams.adapters.engine.runner import TABLES
+from receipt_streams.adapters.engine.task import TABLES
 from receipt_streams.adapters.topics import ensure_topics
 from receipt_streams.bench.measure import end_offsets, groups_caught_up
 from receipt_streams.bench.process import WorkerProcess, free_port
@@ -115,11 +115,15 @@ async def bench_memory(
     if relays_apart:
         groups[f"{s.app_id}-sync-deltas"] = [s.changelog_receipts]
     relays = WorkerProcess(
-        s.model_copy(update={"web_port": free_port()}), b.workdir / "memory-relays.log", "relays"
+        s.model_copy(update={"web_port": free_port(), "admin_port": free_port()}),
+        b.workdir / "memory-relays.log",
+        "relays",
     )
     worker = b.worker(s, "memory")
     api = WorkerProcess(
-        s.model_copy(update={"web_port": free_port(), "serve_api": True}),
+        s.model_copy(
+            update={"web_port": free_port(), "admin_port": free_port(), "serve_api": True}
+        ),
         b.workdir / "memory-api.log",
         command="api",
     )

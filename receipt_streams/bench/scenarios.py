@@ -53,6 +53,7 @@ class Bench:
             "commit_interval_s": 1.0,
             "session_timeout_s": 10.0,
             "rate_limit_per_s": 0.0,
+            "sync_rate_limit_per_s": 0.0,
             "log_level": "WARNING",
             "processing_guarantee": self.guarantee,
         }
@@ -167,7 +168,9 @@ async def bench_fold(b: Bench, receipts: int, relays_apart: bool = True) -> dict
     # The relays first, ready (imports done, groups joining) before the worker starts its
     # fold, so that their start-up does not take the fold's core.
     relays = WorkerProcess(
-        s.model_copy(update={"web_port": free_port()}), b.workdir / "fold-relays.log", "relays"
+        s.model_copy(update={"web_port": free_port(), "admin_port": free_port()}),
+        b.workdir / "fold-relays.log",
+        "relays",
     )
     worker = b.worker(s, "fold")
     groups = {
@@ -242,7 +245,9 @@ async def _api_deployment(b: Bench, work: Workload, name: str) -> ApiDeployment:
     await ensure_topics(s)
     await _produce(b.bootstrap, _setup_records(s, work), "setup")
     worker = b.worker(s, name).start()
-    api_settings = s.model_copy(update={"web_port": free_port(), "serve_api": True})
+    api_settings = s.model_copy(
+        update={"web_port": free_port(), "admin_port": free_port(), "serve_api": True}
+    )
     api = WorkerProcess(api_settings, b.workdir / f"{name}-api.log", command="api").start()
     deployment = ApiDeployment(worker, api, {u: t for t, u in tokens.items()})
     try:

@@ -36,7 +36,9 @@ def worker(
     s = worker_settings(kafka_bootstrap, tmp_path, edu_window_ms=100, run_relays=not apart)
     w = WorkerProcess(s, tmp_path / "worker.log")
     relays = WorkerProcess(
-        s.model_copy(update={"web_port": free_port()}), tmp_path / "relays.log", "relays"
+        s.model_copy(update={"web_port": free_port(), "admin_port": free_port()}),
+        tmp_path / "relays.log",
+        "relays",
     )
     try:
         w.start()

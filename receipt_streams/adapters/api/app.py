@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from receipt_streams.adapters.api.auth import TokenVerifier, VerifierUnavailable, admin_tokens_for
 from receipt_streams.adapters.api.protocol import MatrixAppRunner
 from receipt_streams.adapters.api.sync_feed import SyncFeed
+from receipt_streams.adapters.supervise import LoopHealth
 from receipt_streams.config import Settings
 from receipt_streams.core.client_api import (
     ApiError,
@@ -373,9 +374,11 @@ class Api:
 
     async def readyz(self, request: web.Request) -> web.Response:
         tables, view = self.ready(), self.feed.caught_up.is_set() or not self.client
+        stuck = LoopHealth.problems()  # a loop failing again and again is not ready
+        ready = tables and view and not stuck
         return _json(
-            {"ready": tables and view, "tables": tables, "sync_view": view},
-            200 if tables and view else 503,
+            {"ready": ready, "tables": tables, "sync_view": view, "stuck": stuck},
+            200 if ready else 503,
         )
 
     async def metrics(self, request: web.Request) -> web.Response:
