@@ -12,11 +12,12 @@ from typing import Any
 
 import orjson
 
+from receipt_streams.adapters.effects import Output, Router, Tally
+from receipt_streams.config import Settings
 from receipt_streams.core.dlq import Source
 from receipt_streams.core.processor import (
     Effect,
     Folded,
-    HeldRemoval,
     Limits,
     Processor,
     SendDlq,
@@ -50,6 +51,10 @@ class Harness:
         self.state: dict[bytes, bytes] = {}
         self.held: dict[bytes, bytes] = {}
         self.processor = Processor(self.receipts, self.state, self.held, limits or Limits())
+        # The engines' own topic -> handler table and effect carrier.
+        topics = Settings(topic_client=CLIENT, topic_membership=MEMBERSHIP, topic_events=EVENTS)
+        self.router = Router(self.processor, topics)
+        self.outputs: list[Output] = []  # the records the effects asked for, in order
         self.partition = partition
         self.offsets: dict[str, int] = {}
         self.pos = 0
@@ -68,17 +73,13 @@ class Harness:
         return self.pos
 
     def feed(self, src: Source) -> list[Effect]:
-        handler = {
-            CLIENT: self.processor.client_receipt,
-            MEMBERSHIP: self.processor.membership,
-            EVENTS: self.processor.room_event,
-        }[src.topic]
-        return self.carry_out(handler(src, self.now))
+        # Unguarded (tests inject crashes); the same table of handlers as the engines.
+        return self.carry_out(self.router.handlers[src.topic](src, self.now))
 
     def carry_out(self, effects: list[Effect]) -> list[Effect]:
-        for effect in effects:
-            if isinstance(effect, HeldRemoval):
-                self.processor.held.remove(effect.key, effect.records)
+        """As the batch engine does: records out, held receipts forgotten at once."""
+        for removal in self.router.carry_out(effects, "client", self.outputs, Tally()):
+            self.processor.held.remove(removal.key, removal.records)
         self.effects += effects
         return effects
 
