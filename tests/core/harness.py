@@ -52,8 +52,9 @@ class Harness:
         self.held: dict[bytes, bytes] = {}
         self.processor = Processor(self.receipts, self.state, self.held, limits or Limits())
         # The engines' own topic -> handler table and effect carrier.
-        topics = Settings(topic_client=CLIENT, topic_membership=MEMBERSHIP, topic_events=EVENTS)
-        self.router = Router(self.processor, topics)
+        self.topics = Settings(
+            topic_client=CLIENT, topic_membership=MEMBERSHIP, topic_events=EVENTS
+        )
         self.outputs: list[Output] = []  # the records the effects asked for, in order
         self.partition = partition
         self.offsets: dict[str, int] = {}
@@ -71,6 +72,11 @@ class Harness:
     def next_pos(self) -> int:
         self.pos += 1
         return self.pos
+
+    @property
+    def router(self) -> Router:
+        """Built over the current processor (tests may swap it for a crashing one)."""
+        return Router(self.processor, self.topics)
 
     def feed(self, src: Source) -> list[Effect]:
         # Unguarded (tests inject crashes); the same table of handlers as the engines.

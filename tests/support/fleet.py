@@ -31,7 +31,12 @@ class Fleet:
     def spawn(self, command: str = "worker", **update: Any) -> WorkerProcess:
         n = len(self.procs)
         s = self.s.model_copy(
-            update={"data_dir": self.tmp / f"{command}{n}", "web_port": free_port(), **update}
+            update={
+                "data_dir": self.tmp / f"{command}{n}",
+                "web_port": free_port(),
+                "admin_port": free_port(),
+                **update,
+            }
         )
         proc = WorkerProcess(s, self.tmp / f"{command}{n}.log", command).start()
         self.procs.append(proc)
