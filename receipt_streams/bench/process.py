@@ -47,6 +47,7 @@ def worker_settings(bootstrap: str, tmp: Path, **overrides: Any) -> Settings:
         "web_port": free_port(),
         "admin_port": free_port(),
         "grace_period_s": 3.0,
+        "sync_rate_limit_per_s": 0.0,  # tests long-poll /sync often; rate-limit tests set it
         "tick_interval_s": 0.5,
         "commit_interval_s": 0.5,
         "session_timeout_s": 6.0,

@@ -81,6 +81,7 @@ def rebuild_settings(s: Settings, app2: str, data_dir: Path, web_port: int) -> S
             "data_dir": data_dir,
             "web_port": web_port,
             "web_host": "127.0.0.1",
+            "admin_port": _free_port(),  # beside the live worker on the same machine
             "topic_sync": f"{app2}-sync",
             "topic_edus": f"{app2}-edus",
             "topic_dlq": f"{app2}-dlq",

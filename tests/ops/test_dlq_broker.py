@@ -26,7 +26,11 @@ def test_redrive_after_the_cause_is_fixed_folds_once_and_inspect_agrees(
     ctl = Ctl(monkeypatch, capsys)
     tokens = tmp_path / "tokens.json"
     tokens.write_bytes(orjson.dumps({"tok-c": C, "tok-a": A}))
-    s = worker_settings(kafka_bootstrap, tmp_path, tokens_file=tokens)
+    admin_tokens = tmp_path / "admin-tokens.json"
+    admin_tokens.write_bytes(orjson.dumps(["admin-tok"]))
+    s = worker_settings(
+        kafka_bootstrap, tmp_path, tokens_file=tokens, admin_tokens_file=admin_tokens
+    )
     room = Room(s, "!dlq:hs1")
     w = WorkerProcess(s, tmp_path / "worker.log")
     try:
@@ -96,14 +100,17 @@ def test_redrive_after_the_cause_is_fixed_folds_once_and_inspect_agrees(
             }
             for r in inspected["receipts"]
         } == expected
-        base = f"http://127.0.0.1:{s.web_port}"
+        base = f"http://127.0.0.1:{s.admin_port}"  # the room view is on the admin listener
         admin = wait_until(
             lambda: (
                 v
                 if len(
-                    (v := get_json(f"{base}/_receipts/v1/rooms/{room.room_id}/receipts"))[
-                        "receipts"
-                    ]
+                    (
+                        v := get_json(
+                            f"{base}/_receipts/v1/rooms/{room.room_id}/receipts?include_private=true",
+                            "admin-tok",
+                        )
+                    )["receipts"]
                 )
                 == 2
                 else None
@@ -113,7 +120,8 @@ def test_redrive_after_the_cause_is_fixed_folds_once_and_inspect_agrees(
         assert [(r["user_id"], r["event_id"]) for r in admin["receipts"]] == [
             (r["user_id"], r["event_id"]) for r in inspected["receipts"]
         ]
-        sync = get_json(f"{base}/_matrix/client/v3/sync?timeout=0", token="tok-c")
+        client = f"http://127.0.0.1:{s.web_port}"
+        sync = get_json(f"{client}/_matrix/client/v3/sync?timeout=0", token="tok-c")
         events = sync["rooms"]["join"][room.room_id]["ephemeral"]["events"]
         from_sync = {
             (user, rtype, eid)
