@@ -148,6 +148,19 @@ class AtLeastOnceSink(PartitionSink):
         return written
 
 
+def sink_for(
+    s: Settings,
+    transactional_id: str,
+    group_id: str,
+    shared: AIOKafkaProducer,
+    consumer: AIOKafkaConsumer,
+) -> PartitionSink:
+    """The sink of one partition task under the configured processing guarantee."""
+    if s.processing_guarantee == "exactly_once":
+        return TransactionalSink(s, transactional_id, group_id)
+    return AtLeastOnceSink(shared, consumer)
+
+
 async def fence_and_seek(
     consumer: AIOKafkaConsumer, sinks: Sequence[PartitionSink], tps: Sequence[TopicPartition]
 ) -> None:

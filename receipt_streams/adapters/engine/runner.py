@@ -36,13 +36,12 @@ from receipt_streams.adapters.engine.restore import restore
 from receipt_streams.adapters.engine.task import Backend, PartitionTask, rocks_backend
 from receipt_streams.adapters.supervise import LoopHealth, supervise
 from receipt_streams.adapters.transactions import (
-    AtLeastOnceSink,
     Fenced,
     PartitionSink,
-    TransactionalSink,
     fence_and_seek,
     producer,
     read_committed,
+    sink_for,
 )
 from receipt_streams.config import Settings
 
@@ -143,10 +142,9 @@ class FoldEngine:
             self._reset()
 
     def _sink(self, p: int) -> PartitionSink:
-        if self.s.processing_guarantee == "exactly_once":
-            return TransactionalSink(self.s, f"{self.s.app_id}-{p}", self.s.app_id)
         assert self.consumer is not None
-        return AtLeastOnceSink(self.shared, self.consumer)
+        s = self.s
+        return sink_for(s, f"{s.app_id}-{p}", s.app_id, self.shared, self.consumer)
 
     async def assign(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
         """New tasks: start their sinks (fencing earlier owners), re-read their committed

@@ -26,13 +26,12 @@ from receipt_streams.adapters.clock import now_ms
 from receipt_streams.adapters.effects import Output
 from receipt_streams.adapters.supervise import LoopHealth, supervise
 from receipt_streams.adapters.transactions import (
-    AtLeastOnceSink,
     Fenced,
     PartitionSink,
-    TransactionalSink,
     fence_and_seek,
     producer,
     read_committed,
+    sink_for,
 )
 from receipt_streams.config import Settings
 
@@ -156,11 +155,9 @@ class Relay(ABC, Generic[State]):
     # --- rebalance -----------------------------------------------------------------------
 
     def _sink(self, tp: TopicPartition) -> PartitionSink:
-        if self.s.processing_guarantee == "exactly_once":
-            tid = f"{self.s.app_id}-{self.name}-{tp.partition}"
-            return TransactionalSink(self.s, tid, self.group_id)
         assert self.consumer is not None
-        return AtLeastOnceSink(self.shared, self.consumer)
+        tid = f"{self.s.app_id}-{self.name}-{tp.partition}"
+        return sink_for(self.s, tid, self.group_id, self.shared, self.consumer)
 
     async def assign(self, tps: list[TopicPartition]) -> None:
         new = [tp for tp in tps if tp not in self.sinks]
