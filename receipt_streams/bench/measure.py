@@ -114,9 +114,12 @@ async def record_times(bootstrap: str, topics: Sequence[str], first: bool) -> fl
             if first:
                 await consumer.seek_to_beginning(tp)
             else:
-                consumer.seek(tp, end - 1)
-            got = await consumer.getmany(tp, timeout_ms=5000, max_records=1)
-            stamps += [m.timestamp / 1000 for m in got.get(tp, [])]
+                # The last offsets may be transaction markers, which hold no record.
+                consumer.seek(tp, max(0, end - 64))
+            got = await consumer.getmany(tp, timeout_ms=5000, max_records=1 if first else 64)
+            records = got.get(tp, [])
+            if records:
+                stamps.append((records[0] if first else records[-1]).timestamp / 1000)
         if not stamps:
             return None
         return min(stamps) if first else max(stamps)
