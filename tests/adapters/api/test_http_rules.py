@@ -10,6 +10,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
+from receipt_streams.adapters.supervise import STUCK_AFTER, LoopHealth
 from receipt_streams.config import Settings
 from tests.adapters.api.inprocess import (
     ADMIN_TOKEN,
@@ -100,6 +101,25 @@ async def test_health_readiness_and_metrics_on_both_listeners(
             assert status == 200 and b"receipt_streams_http_request_seconds" in text
         status, _, _ = await call(admin, "GET", VIEW, headers=ADMIN)
         assert status == (200 if client_api else 404), "the view only where the feed runs"
+
+
+async def test_readyz_is_503_with_the_reason_while_a_loop_is_stuck(tmp_path: Path) -> None:
+    api, _ = make_api(settings(tmp_path))
+    health = LoopHealth.of("t-stuck-fold")
+    try:
+        for _ in range(STUCK_AFTER):
+            health.failed(RuntimeError("batch failed"))
+        async with clients(api) as (client, admin):
+            for listener in (client, admin):
+                status, body, _ = await call(listener, "GET", "/readyz")
+                assert status == 503 and body["ready"] is False
+                why = f"failed {STUCK_AFTER} times in a row: RuntimeError('batch failed')"
+                assert body["stuck"] == [f"t-stuck-fold {why}"]
+            health.succeeded()
+            status, body, _ = await call(client, "GET", "/readyz")
+            assert status == 200 and body["stuck"] == []
+    finally:
+        LoopHealth.registry.pop("t-stuck-fold", None)
 
 
 BAD_PATHS = [
