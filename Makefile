@@ -1,7 +1,8 @@
 # The two commands a fresh machine needs (see README.md):
 #   make run    - a worker against $KAFKA_BOOTSTRAP_SERVERS, or a local broker it starts itself
 #   make test   - lint, then the whole suite against a real Kafka broker
-# Everything is installed by these targets: a venv in .venv, Kafka jars via Maven.
+# Everything is installed by these targets: a venv in .venv, Kafka jars via Maven, and wrk
+# (Debian's package, for the latency bench and its test) by scripts/install-tools.sh.
 
 PYTHON ?= python3
 VENV := .venv
@@ -22,6 +23,7 @@ run: $(STAMP)
 	bash scripts/run.sh
 
 test: $(STAMP)
+	bash scripts/install-tools.sh
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/python deploy/local-kafka/kafka.py jars >/dev/null

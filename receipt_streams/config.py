@@ -198,6 +198,12 @@ class Settings(BaseSettings):
         "move to another worker.",
     )
     producer_linger_ms: int = Field(5, ge=0)
+    producer_retry_backoff_ms: int = Field(
+        10,
+        ge=1,
+        description="Wait before a producer retries a refused request (a transaction begun "
+        "while the last one's markers are written is refused once, then retried).",
+    )
     log_level: str = "INFO"
     log_json: bool = Field(True, description="Structured JSON log lines.")
 

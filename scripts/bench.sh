@@ -5,6 +5,7 @@
 # bench-results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/install-tools.sh
 
 if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   state=$(mktemp -d)

@@ -30,6 +30,18 @@ DELTA_BATCH = Histogram(
     "Changelog records per delta batch.",
     buckets=(1, 5, 10, 50, 100, 500, 1000, 5000, 10000),
 )
+CHECKPOINT_SECONDS = Histogram(
+    "receipt_streams_checkpoint_seconds",
+    "Time to make one batch durable (outputs, changelogs and offsets published, by "
+    "transaction or acks), after the batch before it; a receipt waits about two of these.",
+    ["loop"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+BATCH_RECORDS = Histogram(
+    "receipt_streams_batch_records",
+    "Input records per folded batch.",
+    buckets=(1, 10, 50, 100, 500, 1000, 5000, 10000, 50000),
+)
 EDUS = Counter("receipt_streams_edus_total", "Federation m.receipt EDUs emitted.")
 LAG = Gauge(
     "receipt_streams_consumer_lag",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -123,5 +124,28 @@ async def record_times(bootstrap: str, topics: Sequence[str], first: bool) -> fl
         if not stamps:
             return None
         return min(stamps) if first else max(stamps)
+    finally:
+        await consumer.stop()
+
+
+async def read_topic(bootstrap: str, topic: str, timeout_s: float = 60) -> list[Any]:
+    """Every record of `topic` (committed ones), up to its end offsets when called."""
+    ends = {tp: end for tp, end in (await end_offsets(bootstrap, [topic])).items() if end}
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        consumer.assign(list(ends))
+        await consumer.seek_to_beginning(*ends)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while ends and asyncio.get_running_loop().time() < deadline:
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                records.extend(batch)
+            for tp in list(ends):
+                if await consumer.position(tp) >= ends[tp]:
+                    del ends[tp]
+        return records
     finally:
         await consumer.stop()

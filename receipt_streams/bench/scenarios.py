@@ -27,10 +27,12 @@ from receipt_streams.bench.measure import (
     group_caught_up,
     groups_caught_up,
     latency_summary,
+    read_topic,
     record_times,
 )
 from receipt_streams.bench.process import WorkerProcess, free_port, worker_settings
 from receipt_streams.bench.workload import Workload, WorkloadSpec
+from receipt_streams.bench.wrk import post_at_rate, wrk_path
 from receipt_streams.config import Settings
 
 LOCAL = "hs0"
@@ -222,9 +224,11 @@ async def bench_fold(b: Bench, receipts: int, relays_apart: bool = True) -> dict
 
 @dataclass
 class ApiDeployment:
-    """One table worker (no client API) and one API process: two processes, two cores."""
+    """The roles split as deployed (deploy/kubernetes): a table worker (no client API), a
+    relays process and an API process, beside the broker, on the machine's two cores."""
 
     worker: WorkerProcess
+    relays: WorkerProcess
     api: WorkerProcess
     token_of: dict[str, str]
 
@@ -234,6 +238,7 @@ class ApiDeployment:
 
     def stop(self) -> None:
         self.api.stop()
+        self.relays.stop()
         self.worker.stop()
 
 
@@ -241,17 +246,23 @@ async def _api_deployment(b: Bench, work: Workload, name: str) -> ApiDeployment:
     tokens = {f"tok-{u}": u for u in work.local_users()}
     path = b.workdir / f"{name}-tokens.json"
     path.write_bytes(orjson.dumps(tokens))
-    s = b.settings(tokens_file=path, serve_api=False)
+    s = b.settings(tokens_file=path, serve_api=False, run_relays=False)
     await ensure_topics(s)
     await _produce(b.bootstrap, _setup_records(s, work), "setup")
     worker = b.worker(s, name).start()
+    relays = WorkerProcess(
+        s.model_copy(update={"web_port": free_port(), "admin_port": free_port()}),
+        b.workdir / f"{name}-relays.log",
+        "relays",
+    ).start()
     api_settings = s.model_copy(
         update={"web_port": free_port(), "admin_port": free_port(), "serve_api": True}
     )
     api = WorkerProcess(api_settings, b.workdir / f"{name}-api.log", command="api").start()
-    deployment = ApiDeployment(worker, api, {u: t for t, u in tokens.items()})
+    deployment = ApiDeployment(worker, relays, api, {u: t for t, u in tokens.items()})
     try:
         worker.wait_ready(120)
+        relays.wait_ready(120)
         # Measure steady state: every join and event folded before the load starts.
         setup_topics = [s.topic_membership, s.topic_events]
         await _wait(lambda: group_caught_up(b.bootstrap, s.app_id, setup_topics), 600, "setup")
@@ -316,29 +327,42 @@ async def bench_ingest(b: Bench, requests: int, concurrency: int) -> dict[str, A
 async def bench_latency(
     b: Bench, rate: float, duration: float, rooms: int = 20, senders_per_room: int = 40
 ) -> dict[str, Any]:
+    """POSTs from wrk at `rate`; one member of each room long-polls /sync and stamps when
+    each receipt first shows. Latency: from the POST leaving wrk to that /sync answer."""
     spec = WorkloadSpec(
         receipts=1, seed=b.seed, events_per_room=int(rate * duration / rooms / 2) + 20
     )
     work = Workload(spec, LOCAL)
+    wrk_path()  # before any set-up: say at once when the load generator is missing
     deployment = await _api_deployment(b, work, "latency")
-    api, token_of = deployment.base, deployment.token_of
     chosen = [room for room in work.rooms if len(room.local_members) >= 2][:rooms]
-    sent: dict[tuple[str, str, str], float] = {}
-    seen: dict[tuple[str, str, str], float] = {}
+    senders = [
+        (room, user) for room in chosen for user in room.local_members[1 : senders_per_room + 1]
+    ]
+    plan: list[tuple[str, str, str]] = []  # room, user, event: one receipt per request
+    step = [0] * len(senders)
+    for n in range(int(rate * duration * 1.2)):
+        i = n % len(senders)
+        room, user = senders[i]
+        events = room.main_events
+        plan.append((room.room_id, user, events[min(step[i], len(events) - 1)]))
+        step[i] += 1
+    seen: dict[tuple[str, str, str], float] = {}  # wall-clock ms
     stop = asyncio.Event()
+    base, token_of = deployment.base, deployment.token_of
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
             async def watch(room: Any) -> None:
                 headers = {"Authorization": f"Bearer {token_of[room.local_members[0]]}"}
-                async with session.get(f"{api}/sync", headers=headers) as resp:
+                async with session.get(f"{base}/sync", headers=headers) as resp:
                     since = (await resp.json())["next_batch"]
                 while not stop.is_set():
                     async with session.get(
-                        f"{api}/sync", headers=headers, params={"since": since, "timeout": "2000"}
+                        f"{base}/sync", headers=headers, params={"since": since, "timeout": "2000"}
                     ) as resp:
                         body = await resp.json()
-                    at = time.perf_counter()
+                    at = time.time() * 1000
                     since = body["next_batch"]
                     room_body = body["rooms"]["join"].get(room.room_id, {})
                     for event in room_body.get("ephemeral", {}).get("events", []):
@@ -348,51 +372,48 @@ async def bench_latency(
 
             watchers = [asyncio.create_task(watch(room)) for room in chosen]
             await asyncio.sleep(1.0)
-            senders = [
-                (room, user)
-                for room in chosen
-                for user in room.local_members[1 : senders_per_room + 1]
-            ]
-            step = {sender_id: 0 for sender_id in range(len(senders))}
-            total = int(rate * duration)
-            in_flight: set[asyncio.Task] = set()
-
-            async def post(room: Any, user: str, event_id: str) -> None:
-                url = f"{api}/rooms/{room.room_id}/receipt/m.read/{event_id}"
-                sent[(room.room_id, user, event_id)] = time.perf_counter()
-                async with session.post(
-                    url, data=b"{}", headers={"Authorization": f"Bearer {token_of[user]}"}
-                ) as resp:
-                    await resp.read()
-
-            t0 = time.perf_counter()
-            for n in tqdm(range(total), desc=f"latency @ {rate:g}/s", unit="req", leave=False):
-                await asyncio.sleep(max(0.0, t0 + n / rate - time.perf_counter()))
-                i = n % len(senders)
-                room, user = senders[i]
-                events = room.main_events
-                event_id = events[min(step[i], len(events) - 1)]
-                step[i] += 1
-                task = asyncio.create_task(post(room, user, event_id))
-                in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
-            offered_s = time.perf_counter() - t0
-            await asyncio.gather(*in_flight)
+            path = base.split("//", 1)[1].split("/", 1)[1]
+            result = await post_at_rate(
+                base.split("/_matrix", 1)[0],
+                [
+                    (f"/{path}/rooms/{room_id}/receipt/m.read/{event_id}", token_of[user])
+                    for room_id, user, event_id in plan
+                ],
+                rate,
+                duration,
+                b.workdir / "latency-wrk",
+            )
+            sent = {plan[i]: at for i, at in result.sent_at_ms.items() if i < len(plan)}
             deadline = time.perf_counter() + 10
             while time.perf_counter() < deadline and not set(sent) <= set(seen):  # noqa: ASYNC110
                 await asyncio.sleep(0.2)  # the watchers fill `seen`; give stragglers 10 s
             stop.set()
             await asyncio.gather(*watchers, return_exceptions=True)
+        inputs = await read_topic(b.bootstrap, deployment.worker.settings.topic_client)
+        accepted = {
+            (v["room_id"], v["user_id"], v["event_id"])
+            for v in (orjson.loads(r.value) for r in inputs)
+        }
     finally:
         deployment.stop()
-    lat = [(seen[k] - t) * 1000 for k, t in sent.items() if k in seen]
+    lat = [seen[k] - t for k, t in sent.items() if k in seen]
+    times = sorted(sent.values())
+    span_s = (times[-1] - times[0]) / 1000 if len(times) > 1 else float("nan")
     return {
         "offered_rate_per_s": rate,
-        "achieved_rate_per_s": len(sent) / offered_s,
+        "achieved_rate_per_s": (len(times) - 1) / span_s if len(times) > 1 else 0.0,
         "sent": len(sent),
-        "missing": len(set(sent) - set(seen)),
+        # Accepted (in the input topic) but never shown by /sync: a failure.
+        "missing": len((set(sent) & accepted) - set(seen)),
+        # Written by wrk as its time ran out, never answered: not accepted, not measured.
+        "cut_off": len(set(sent) - accepted),
+        "non_2xx": result.non_2xx,
+        "socket_errors": result.socket_errors,
         "rooms": len(chosen),
         **latency_summary(lat),
+        "post_p50_ms": result.p50_ms,
+        "post_p99_ms": result.p99_ms,
+        "client": "wrk",
     }
 
 

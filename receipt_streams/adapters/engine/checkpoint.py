@@ -18,7 +18,9 @@ failure stops every checkpoint after it (the run restarts from the last commit).
 from __future__ import annotations
 
 import asyncio
+import time
 
+from receipt_streams.adapters import metrics
 from receipt_streams.adapters.engine.task import PartitionTask, TaskBatch
 
 
@@ -29,7 +31,9 @@ class Checkpoint:
     async def commit(self, previous: asyncio.Task[None] | None) -> None:
         if previous is not None:
             await previous
+        started = time.perf_counter()
         await asyncio.gather(*(self._commit(task, batch) for task, batch in self.batches))
+        metrics.child(metrics.CHECKPOINT_SECONDS, "fold").observe(time.perf_counter() - started)
 
     @staticmethod
     async def _commit(task: PartitionTask, batch: TaskBatch) -> None:

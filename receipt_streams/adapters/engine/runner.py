@@ -250,6 +250,8 @@ class FoldEngine:
                 task.fold(records[i : i + _YIELD_EVERY], now, tally)
                 await asyncio.sleep(0)  # the batch in flight gets on with its commit meanwhile
         tally.flush()
+        size = len(federation) + sum(len(records) for records in partitions.values())
+        metrics.BATCH_RECORDS.observe(size)
         sealed = [(task, batch) for task in self.tasks.values() if (batch := task.seal())]
         previous = self.in_flight
         self.in_flight = asyncio.create_task(self._checkpoint(Checkpoint(sealed), previous))
