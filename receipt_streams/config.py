@@ -198,11 +198,11 @@ class Settings(BaseSettings):
         "move to another worker.",
     )
     producer_linger_ms: int = Field(5, ge=0)
-    producer_retry_backoff_ms: int = Field(
-        10,
-        ge=1,
-        description="Wait before a producer retries a refused request (a transaction begun "
-        "while the last one's markers are written is refused once, then retried).",
+    txn_retry_backoff_ms: float = Field(
+        2,
+        gt=0,
+        description="Wait before retrying a transaction's first AddPartitionsToTxn that the "
+        "coordinator refused because it was still writing the last commit's markers.",
     )
     log_level: str = "INFO"
     log_json: bool = Field(True, description="Structured JSON log lines.")
