@@ -46,6 +46,34 @@ class Settings(BaseSettings):
         "receipts.ticks.v1",
         description="Internal: per-partition clock ticks that drive the grace-period sweep.",
     )
+    topic_read_positions: str = Field(
+        "receipts.read-positions.v1",
+        description="Output, compacted: each local user's read position per room and thread "
+        "(m.read and m.read.private merged), for notification counters and pushers.",
+    )
+    topic_history: str = Field(
+        "receipts.history.v1",
+        description="Output, append-only: every accepted receipt change, with the previous "
+        "receipt and the time to read, for analytics.",
+    )
+    feed_read_positions: bool = Field(
+        True, description="Write the read-position feed (`topic_read_positions`)."
+    )
+    feed_history: bool = Field(True, description="Write the history feed (`topic_history`).")
+    history_include_private: bool = Field(
+        False,
+        description="Also put m.read.private changes in the history feed (off: private "
+        "receipts reach nobody but their owner).",
+    )
+    history_include_fully_read: bool = Field(
+        False, description="Also put m.fully_read changes in the history feed."
+    )
+    history_retention_ms: int = Field(
+        30 * 24 * 3_600_000,
+        ge=-1,
+        description="retention.ms of the history topic when it is created (-1: forever; "
+        "an existing topic keeps its own: change it with kafka-configs).",
+    )
 
     partitions: int = Field(
         8,

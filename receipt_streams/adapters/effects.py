@@ -12,10 +12,14 @@ from typing import Any
 from receipt_streams.adapters import metrics
 from receipt_streams.config import Settings
 from receipt_streams.core.dlq import DlqBounds, Source
+from receipt_streams.core.feeds import FeedOptions
 from receipt_streams.core.parsing import Rejection
 from receipt_streams.core.processor import (
     FEDERATION_IN,
     FEDERATION_OUT,
+    FEEDS,
+    HISTORY,
+    READ_POSITIONS,
     Effect,
     Emit,
     Folded,
@@ -43,6 +47,12 @@ def limits_of(s: Settings) -> Limits:
         held_partition_bytes=s.held_max_bytes_per_partition,
         dlq=DlqBounds(s.dlq_max_value_bytes, s.dlq_max_key_bytes),
         dlq_per_edu=s.dlq_max_per_edu,
+        feeds=FeedOptions(
+            read_positions=s.feed_read_positions,
+            history=s.feed_history,
+            history_private=s.history_include_private,
+            history_fully_read=s.history_include_fully_read,
+        ),
     )
 
 
@@ -76,6 +86,8 @@ class Tally:
             self.counts[metrics.REJECTED, (str(effect.reason),)] += 1
         elif isinstance(effect, Held):
             self.counts[metrics.HELD, (effect.waiting_for,)] += 1
+        elif isinstance(effect, Emit) and effect.stream in FEEDS:
+            self.counts[metrics.FEED_RECORDS, (effect.stream,)] += 1
 
     def input(self, topic: str) -> None:
         self.counts[metrics.INPUTS, (topic,)] += 1
@@ -95,7 +107,12 @@ class Router:
         self.processor = processor
         self.dlq = s.topic_dlq
         self.federation_topics = {s.topic_federation_in, s.topic_federation}
-        self.streams = {FEDERATION_IN: s.topic_federation_in, FEDERATION_OUT: s.topic_outbox}
+        self.streams = {
+            FEDERATION_IN: s.topic_federation_in,
+            FEDERATION_OUT: s.topic_outbox,
+            READ_POSITIONS: s.topic_read_positions,
+            HISTORY: s.topic_history,
+        }
         self.handlers: dict[str, Handler] = {
             s.topic_client: processor.client_receipt,
             s.topic_membership: processor.membership,
@@ -114,17 +131,24 @@ class Router:
         return "federation" if topic in self.federation_topics else "client"
 
     def carry_out(
-        self, effects: list[Effect], source: str, outputs: list[Output], tally: Tally
+        self,
+        effects: list[Effect],
+        source: str,
+        outputs: list[Output],
+        tally: Tally,
+        partition: int | None = None,
     ) -> list[HeldRemoval]:
         """Append the records `effects` ask for to `outputs`; count them; return the held
-        receipts to forget once those records are durable."""
+        receipts to forget once those records are durable. `partition` is the input record's:
+        the feeds go to the same partition (co-partitioned by room, like the changelogs)."""
         removals: list[HeldRemoval] = []
         for effect in effects:
             tally.effect(effect, source)
             if isinstance(effect, SendDlq):
                 outputs.append((self.dlq, effect.topic.encode(), effect.record, None))
             elif isinstance(effect, Emit):
-                outputs.append((self.streams[effect.stream], effect.key, effect.value, None))
+                to = partition if effect.stream in FEEDS else None
+                outputs.append((self.streams[effect.stream], effect.key, effect.value, to))
             elif isinstance(effect, HeldRemoval):
                 removals.append(effect)
         return removals

@@ -43,6 +43,11 @@ BATCH_RECORDS = Histogram(
     buckets=(1, 10, 50, 100, 500, 1000, 5000, 10000, 50000),
 )
 EDUS = Counter("receipt_streams_edus_total", "Federation m.receipt EDUs emitted.")
+FEED_RECORDS = Counter(
+    "receipt_streams_feed_records_total",
+    "Records the fold wrote to its feeds, by feed (read_positions, history).",
+    ["feed"],
+)
 LAG = Gauge(
     "receipt_streams_consumer_lag",
     "Records on a partition not yet consumed (highwater - position).",

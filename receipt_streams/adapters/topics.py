@@ -18,6 +18,7 @@ from receipt_streams.config import Settings
 log = logging.getLogger(__name__)
 
 COMPACT = {"cleanup.policy": "compact"}
+HISTORY = {"cleanup.policy": "delete"}  # append-only, by time
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,9 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
         TopicSpec(s.topic_sync, n, co_partitioned=False),
         TopicSpec(s.topic_edus, n, co_partitioned=False),
         TopicSpec(s.topic_dlq, n, co_partitioned=False),
+        # The feeds: co-partitioned by room (a room's records go where its inputs are).
+        TopicSpec(s.topic_read_positions, n, COMPACT),
+        TopicSpec(s.topic_history, n, HISTORY | {"retention.ms": str(s.history_retention_ms)}),
         TopicSpec(s.changelog_receipts, n, COMPACT),
         TopicSpec(s.changelog_state, n, COMPACT),
         TopicSpec(s.changelog_held, n, COMPACT),

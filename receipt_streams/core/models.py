@@ -283,3 +283,57 @@ class OutboxRecord(BaseModel):
     destinations: list[str] = Field(
         description="Servers with a joined member when the change was folded, less this server."
     )
+
+
+# --- the feeds (core/feeds.py) -------------------------------------------------------------
+
+
+ReadPositionKey = tuple[str, str, str | None]
+"""The read-position feed's key: `[room_id, user_id, thread_id or null]`."""
+
+
+class ReadPosition(BaseModel):
+    """`receipts.read-positions.v1` (compacted): where a local user has read up to in a room
+    and thread: the further of their `m.read` and `m.read.private` receipts. A null value
+    (tombstone) means the slot was purged or erased."""
+
+    room_id: str
+    user_id: str
+    thread_id: str | None = Field(description="A thread root, `main`, or null: unthreaded.")
+    event_id: str
+    stream_pos: int = Field(
+        description="The event's stream position (the homeserver's stream ordering, from "
+        "rooms.events.v1): the fold's order. It only grows per key; count a room's events "
+        "after it for the user's unread notifications."
+    )
+    ts: int = Field(description="The receipt's ts (ms since epoch).")
+
+
+class HistoryRecord(BaseModel):
+    """`receipts.history.v1` (append-only): one accepted change of the receipts table, keyed
+    like the receipts changelog. m.read.private and m.fully_read only when opted in."""
+
+    room_id: str
+    user_id: str
+    receipt_type: ReceiptType
+    thread_id: str | None = Field(description="A thread root, `main`, or null: unthreaded.")
+    event_id: str
+    stream_pos: int | None = Field(
+        description="The event's stream position; null when the fold had not seen the "
+        "event yet (a remote receipt)."
+    )
+    ts: int = Field(
+        description="The receipt's ts: the server's for a local receipt, as sent for a remote one."
+    )
+    previous_event_id: str | None = Field(description="The slot's receipt before; null: first.")
+    previous_stream_pos: int | None
+    previous_ts: int | None
+    origin_server_ts: int | None = Field(
+        description="The event's origin_server_ts from rooms.events.v1; null when the fold "
+        "had not seen the event yet (or saw it before this was kept)."
+    )
+    time_to_read_ms: int | None = Field(
+        description="ts - origin_server_ts; null when origin_server_ts is. Both clocks are "
+        "as reported, so a remote server's skew can make it negative."
+    )
+    source: Literal["client", "federation"]

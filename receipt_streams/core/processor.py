@@ -14,6 +14,16 @@ from typing import Any, NamedTuple
 
 from receipt_streams.core.dlq import DlqBounds, Source, dlq_record, edu_dlq_records
 from receipt_streams.core.federation import RemoteReceipt, outbox_record, split_edu
+from receipt_streams.core.feeds import (
+    FeedOptions,
+    PositionKey,
+    ReceiptSource,
+    history_value,
+    in_history,
+    merged_partner,
+    position_move,
+    position_value,
+)
 from receipt_streams.core.fold import Outcome, fold
 from receipt_streams.core.ids import server_of
 from receipt_streams.core.membership import apply_membership
@@ -44,12 +54,14 @@ class Folded(NamedTuple):
 
 
 class Emit(NamedTuple):
-    """A record for an internal stream, keyed by room: `federation_in` (one inbound EDU entry,
-    repartitioned to its room) or `federation_out` (a local m.read change to federate)."""
+    """A record for a stream: `federation_in` (one inbound EDU entry, repartitioned to its
+    room) or `federation_out` (a local m.read change to federate), keyed by room; or one of
+    the feeds, `read_positions` (a None value is a tombstone) and `history`, keyed by slot and
+    sent to the partition of the room's input records."""
 
     stream: str
     key: bytes
-    value: bytes
+    value: bytes | None
 
 
 RecordId = tuple[str, int, int]  # topic, partition, offset of a held record
@@ -71,6 +83,8 @@ class Held(NamedTuple):
 Effect = SendDlq | Folded | HeldRemoval | Held | Emit
 
 FEDERATION_IN, FEDERATION_OUT = "federation_in", "federation_out"
+READ_POSITIONS, HISTORY = "read_positions", "history"
+FEEDS = frozenset({READ_POSITIONS, HISTORY})  # room-partitioned like the changelogs
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +97,7 @@ class Limits:
     held_partition_bytes: int = 16 * 1024 * 1024  # all held lists of one partition
     dlq: DlqBounds = DlqBounds()  # noqa: RUF009 (frozen)
     dlq_per_edu: int = 100  # DLQ records for the rejected parts of one EDU, then a summary
+    feeds: FeedOptions = FeedOptions()  # noqa: RUF009 (a NamedTuple)
 
 
 def _entry(src: Source, held_at: int) -> dict[str, Any]:
@@ -162,6 +177,7 @@ class Processor:
                     ev.sender,
                     rel.rel_type if rel else None,
                     rel.event_id if rel else None,
+                    ev.origin_server_ts,
                 ),
             )
         # Release even when the event was known: a crash may have cut a release short.
@@ -215,7 +231,8 @@ class Processor:
                 )
             ]
         event = self.state.event(remote.room_id, remote.event_id)
-        return self._fold(remote.key, remote.receipt(event.stream_pos if event else None))
+        receipt = remote.receipt(event.stream_pos if event else None)
+        return self._fold(remote.key, receipt, "federation")
 
     def tick(self, partition: int, now_ms: int) -> list[Effect]:
         """The grace-period sweep for one partition: expired held receipts get a last check."""
@@ -257,7 +274,7 @@ class Processor:
                 return [self.reject(src, expired, now_ms)]
             return self._hold(r.room_id, verdict, src, held_at, now_ms)
         assert isinstance(verdict, Accept)
-        return self._fold(verdict.key, verdict.receipt)
+        return self._fold(verdict.key, verdict.receipt, "client")
 
     def _stored(self, key: ReceiptKey) -> Receipt | None:
         """The slot's receipt, with the position of its event if that became known since it
@@ -269,11 +286,14 @@ class Processor:
                 current = current._replace(stream_pos=event.stream_pos)
         return current
 
-    def _fold(self, key: ReceiptKey, incoming: Receipt) -> list[Effect]:
-        outcome = fold(self._stored(key), incoming)
+    def _fold(self, key: ReceiptKey, incoming: Receipt, source: ReceiptSource) -> list[Effect]:
+        previous = self._stored(key)
+        outcome = fold(previous, incoming)
+        effects: list[Effect] = [Folded(key, incoming, outcome)]
         if outcome is Outcome.APPLIED:
             self.receipts.put(key, incoming)
-        effects: list[Effect] = [Folded(key, incoming, outcome)]
+            # Accepted changes only: a duplicate or a replay (REPLAYED) adds nothing.
+            effects += self._feeds(key, previous, incoming, source)
         if outcome is not Outcome.UNCHANGED and self._federates(key):
             # REPLAYED too: the table write may have survived a crash that lost this record.
             servers = self.state.servers(key.room_id)
@@ -288,10 +308,37 @@ class Processor:
                 )
         return effects
 
+    def _feeds(
+        self, key: ReceiptKey, previous: Receipt | None, incoming: Receipt, source: ReceiptSource
+    ) -> list[Effect]:
+        """The feed records of one accepted change of `key` from `previous` to `incoming`."""
+        options = self.limits.feeds
+        effects: list[Effect] = []
+        if options.history and in_history(key.receipt_type, options):
+            event = self.state.event(key.room_id, incoming.event_id)
+            sent = event.origin_server_ts if event is not None else None
+            value = history_value(key, previous, incoming, sent, source)
+            effects.append(Emit(HISTORY, key.encode(), value))
+        partner = merged_partner(key)
+        if options.read_positions and partner is not None and self._local(key.user_id):
+            moved = position_move(previous, incoming, self._stored(partner))
+            if moved is not None:
+                effects.append(self.read_position(PositionKey.of(key), moved))
+        return effects
+
+    def read_position(self, key: PositionKey, position: Receipt | None) -> Emit:
+        """The one place a read-position record is made: where `key`'s user has read up to,
+        or a tombstone (None: the slot was purged or erased)."""
+        value = position_value(key, position) if position is not None else None
+        return Emit(READ_POSITIONS, key.encode(), value)
+
+    def _local(self, user_id: str) -> bool:
+        return server_of(user_id) == self.limits.server_name
+
     def _federates(self, key: ReceiptKey) -> bool:
         """Only local users' m.read: never m.read.private, never m.fully_read, never a
         remote user's receipt (that would federate it again)."""
-        return key.receipt_type == "m.read" and server_of(key.user_id) == self.limits.server_name
+        return key.receipt_type == "m.read" and self._local(key.user_id)
 
     def _hold(
         self, room_id: str, hold: Hold, src: Source, held_at: int, now_ms: int

@@ -54,7 +54,9 @@ class RoomState:
         if raw is None:
             return None
         d = orjson.loads(raw)
-        return EventInfo(d["stream_pos"], d["sender"], d.get("rel_type"), d.get("parent"))
+        return EventInfo(
+            d["stream_pos"], d["sender"], d.get("rel_type"), d.get("parent"), d.get("ts")
+        )
 
     def put_event(self, room_id: str, event_id: str, e: EventInfo) -> None:
         self.store[_key("e", room_id, event_id)] = orjson.dumps(
@@ -63,6 +65,7 @@ class RoomState:
                 "sender": e.sender,
                 "rel_type": e.rel_type,
                 "parent": e.parent,
+                "ts": e.origin_server_ts,
             }
         )
 

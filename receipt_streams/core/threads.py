@@ -16,12 +16,15 @@ THREAD_REL = "m.thread"
 
 
 class EventInfo(NamedTuple):
-    """What the event index keeps of an event: its order, sender and relation."""
+    """What the event index keeps of an event: its order, sender, relation, and when it was
+    sent (`origin_server_ts`, for the history feed's time to read; None in entries written
+    before it was kept)."""
 
     stream_pos: int
     sender: str
     rel_type: str | None = None
     parent: str | None = None
+    origin_server_ts: int | None = None
 
 
 def thread_of(event_id: str, lookup: Callable[[str], EventInfo | None]) -> str:

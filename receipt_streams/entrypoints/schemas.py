@@ -81,6 +81,29 @@ def all_schemas() -> dict[str, dict[str, Any]]:
             f"{s.changelog_receipts} value",
             "The latest receipt of the key's slot.",
         ),
+        f"{s.topic_read_positions}.key.json": _schema(
+            models.ReadPositionKey,
+            f"{s.topic_read_positions} key",
+            "[room_id, user_id, thread_id or null]: one local user's read position in one "
+            "room and thread. Compacted; partitioned like the room's input records.",
+        ),
+        f"{s.topic_read_positions}.value.json": _schema(
+            models.ReadPosition,
+            f"{s.topic_read_positions} value",
+            "The further of the user's m.read and m.read.private receipts of the slot; "
+            "written only when it moves forward. Null: a tombstone.",
+        ),
+        f"{s.topic_history}.key.json": _schema(
+            models.ChangelogKey,
+            f"{s.topic_history} key",
+            "[room_id, user_id, receipt_type, thread_id or null], as on the receipts "
+            "changelog. Append-only; partitioned like the room's input records.",
+        ),
+        f"{s.topic_history}.value.json": _schema(
+            models.HistoryRecord,
+            f"{s.topic_history} value",
+            "One accepted change of the receipts table: once per change, never for a duplicate.",
+        ),
     }
 
 

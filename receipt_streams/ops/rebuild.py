@@ -86,6 +86,8 @@ def rebuild_settings(s: Settings, app2: str, data_dir: Path, web_port: int) -> S
             "topic_edus": f"{app2}-edus",
             "topic_dlq": f"{app2}-dlq",
             "topic_ticks": f"{app2}-ticks",
+            "topic_read_positions": f"{app2}-read-positions",
+            "topic_history": f"{app2}-history",
             "serve_api": False,
             "run_relays": False,
             "create_topics": True,

@@ -8,11 +8,12 @@ remote server, the latest EDU entry per (room, user, thread) must equal the tabl
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.judging import latest_edu_entries, latest_per_key, views_from_deltas, views_of
-from tests.support.scenario import deltas_until_sentinel
+from tests.support.scenario import SENTINEL, deltas_until_sentinel
 from tests.support.worker import TopicReader, WorkerProcess, produce, worker_settings
 from tests.support.workload import build_workload, reference_table
 
@@ -71,6 +72,8 @@ async def test_sigkill_at_any_point_loses_nothing(
                     if got.get(k) != expected.get(k)
                 }
                 pytest.fail(f"{len(diff)} slots differ (got, expected): {list(diff.items())[:5]}")
+        if engine == "batch":  # exactly once: each change once on the feeds too
+            await check_feeds(kafka_bootstrap, s, expected)
         log = worker.log_path.read_text()
         if engine == "faust":
             # Faust's store may hold writes that no changelog has: wiped after each kill.
@@ -98,3 +101,46 @@ async def test_sigkill_at_any_point_loses_nothing(
             await edus.wait_for(edus_match, timeout=60, what="EDUs matching the table")
     finally:
         worker.stop()
+
+
+async def read_to_end(reader: TopicReader) -> None:
+    consumer = reader._consumer
+    assert consumer is not None
+    ends = await consumer.end_offsets(list(consumer.assignment()))
+    for tp, end in ends.items():
+        while await consumer.position(tp) < end:
+            await reader.poll(500)
+
+
+async def check_feeds(bootstrap: str, s: Any, expected: dict[tuple, dict[str, Any]]) -> None:
+    """Across the kills, the history is one unbroken chain per key (each record's previous
+    event is the one before it: nothing lost, nothing twice) ending at the table, and the
+    read positions only moved forward and end at the merged table."""
+    async with TopicReader(bootstrap, s.topic_history) as history:
+        await read_to_end(history)
+        chains: dict[tuple, list[dict[str, Any]]] = {}
+        for v in history.values():
+            key = (v["room_id"], v["user_id"], v["receipt_type"], v["thread_id"])
+            chains.setdefault(key, []).append(v)
+    public = {k: v for k, v in expected.items() if k[2] == "m.read"}
+    chains = {k: c for k, c in chains.items() if k[1] != SENTINEL}
+    assert set(chains) == set(public)
+    for key, chain in chains.items():
+        previous = [None] + [v["event_id"] for v in chain[:-1]]
+        assert [v["previous_event_id"] for v in chain] == previous, key
+        assert chain[-1]["event_id"] == public[key]["event_id"], key
+    async with TopicReader(bootstrap, s.topic_read_positions) as positions:
+        await read_to_end(positions)
+        last: dict[tuple, dict[str, Any]] = {}
+        for v in positions.values():
+            key = (v["room_id"], v["user_id"], v["thread_id"])
+            if key in last:
+                assert v["stream_pos"] > last[key]["stream_pos"], key
+            last[key] = v
+    merged: dict[tuple, int] = {}
+    for (room, user, rtype, thread), v in expected.items():
+        if rtype != "m.fully_read" and user.endswith(":hs1") and v["stream_pos"] is not None:
+            key = (room, user, thread)
+            merged[key] = max(merged.get(key, -1), v["stream_pos"])
+    got = {k: v["stream_pos"] for k, v in last.items() if k[1] != SENTINEL}
+    assert got == merged

@@ -78,24 +78,28 @@ SETUP: list[Op] = [("member", "@a:hs1", "join"), ("member", "@b:hs1", "join")] +
 def run(ops: list[Op], limits: Limits | None = None) -> Harness:
     h = Harness(limits or Limits(grace_ms=10_000, held_per_dep=3))
     for op in ops:
-        kind = op[0]
-        if kind == "receipt":
-            _, user, receipt_type, event_id, thread_id, ts = op
-            value = h.receipt_value(user, receipt_type, event_id, ts=T0 + ts)
-            if thread_id is not None:
-                value["thread_id"] = thread_id  # "" included: invalid_thread
-            h.send(CLIENT, value)
-        elif kind == "member":
-            h.member(op[1], op[2])
-        elif kind == "event":
-            h.event(op[1], rel=RELATIONS[op[1]])
-        elif kind == "advance":
-            h.now += op[1]
-        elif kind == "tick":
-            h.tick()
-        elif kind == "garbage":
-            h.send(CLIENT, op[1])
+        apply(h, op)
     return h
+
+
+def apply(h: Harness, op: Op) -> None:
+    kind = op[0]
+    if kind == "receipt":
+        _, user, receipt_type, event_id, thread_id, ts = op
+        value = h.receipt_value(user, receipt_type, event_id, ts=T0 + ts)
+        if thread_id is not None:
+            value["thread_id"] = thread_id  # "" included: invalid_thread
+        h.send(CLIENT, value)
+    elif kind == "member":
+        h.member(op[1], op[2])
+    elif kind == "event":
+        h.event(op[1], rel=RELATIONS[op[1]])
+    elif kind == "advance":
+        h.now += op[1]
+    elif kind == "tick":
+        h.tick()
+    elif kind == "garbage":
+        h.send(CLIENT, op[1])
 
 
 @SETTINGS

@@ -86,3 +86,21 @@ def test_internal_federation_records_match_their_schemas() -> None:
 def test_schemas_refuse_a_malformed_delta() -> None:
     errors = list(_validator("receipts.sync.v1.json").iter_errors({"room_id": "!r:hs1"}))
     assert {e.validator for e in errors} == {"required"}
+
+
+def test_feed_records_match_their_schemas() -> None:
+    from receipt_streams.core.feeds import PositionKey, history_value, position_value
+
+    key = PositionKey("!r:hs1", "@a:hs1", None)
+    position = Receipt("$e", 3, 17, {"ts": 17})
+    _validator("receipts.read-positions.v1.key.json").validate(orjson.loads(key.encode()))
+    _validator("receipts.read-positions.v1.value.json").validate(
+        orjson.loads(position_value(key, position))
+    )
+    slot = ReceiptKey("!r:hs1", "@a:hs1", "m.read", "$root")
+    _validator("receipts.history.v1.key.json").validate(orjson.loads(slot.encode()))
+    history = _validator("receipts.history.v1.value.json")
+    history.validate(orjson.loads(history_value(slot, None, position, None, "federation")))
+    history.validate(orjson.loads(history_value(slot, position, position, 10, "client")))
+    bad = orjson.loads(history_value(slot, None, position, None, "client")) | {"source": "x"}
+    assert list(history.iter_errors(bad))

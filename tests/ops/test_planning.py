@@ -226,7 +226,15 @@ def test_rebuild_writes_only_to_topics_of_its_own() -> None:
         s.topic_membership,
         s.topic_federation,
     )
-    written = {s2.topic_sync, s2.topic_edus, s2.topic_dlq, s2.topic_ticks, s2.changelog_receipts}
+    written = {
+        s2.topic_sync,
+        s2.topic_edus,
+        s2.topic_dlq,
+        s2.topic_ticks,
+        s2.topic_read_positions,
+        s2.topic_history,
+        s2.changelog_receipts,
+    }
     assert all(t.startswith("live-v2") for t in written)
     assert not s2.run_relays and not s2.serve_api
     assert caught_up({T0: 60}, {T0: 100, T1: 0}) == (60, 100)

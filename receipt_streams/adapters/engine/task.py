@@ -82,7 +82,8 @@ class PartitionTask:
             tally.input(record.topic)
             effects = router.handle(record, now)
             source = router.source_of(record.topic)
-            for removal in router.carry_out(effects, source, self.outputs, tally):
+            outputs, partition = self.outputs, record.partition
+            for removal in router.carry_out(effects, source, outputs, tally, partition):
                 # In the overlay at once, so the rest of the batch sees it; on the changelog
                 # with (or, at least once, after) what the held records became.
                 held.remove(removal.key, removal.records)

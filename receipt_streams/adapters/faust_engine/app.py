@@ -23,7 +23,14 @@ from receipt_streams.adapters.effects import Output, Router, Tally, limits_of
 from receipt_streams.adapters.relays.deltas import DeltaRelay
 from receipt_streams.adapters.relays.edus import EduRelay
 from receipt_streams.config import Settings
-from receipt_streams.core.processor import FEDERATION_IN, FEDERATION_OUT, HeldRemoval, Processor
+from receipt_streams.core.processor import (
+    FEDERATION_IN,
+    FEDERATION_OUT,
+    HISTORY,
+    READ_POSITIONS,
+    HeldRemoval,
+    Processor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +63,8 @@ def create_app(s: Settings) -> faust.App:
     streams = {
         FEDERATION_IN: app.topic(s.topic_federation_in, partitions=n, **RAW),
         FEDERATION_OUT: app.topic(s.topic_outbox, partitions=n, **RAW),
+        READ_POSITIONS: app.topic(s.topic_read_positions, partitions=n, **RAW),
+        HISTORY: app.topic(s.topic_history, partitions=n, **RAW),
     }
     tables = {
         name: app.Table(name, partitions=n, key_type=bytes, value_type=bytes)
@@ -67,6 +76,8 @@ def create_app(s: Settings) -> faust.App:
         s.topic_dlq: dlq,
         s.topic_federation_in: streams[FEDERATION_IN],
         s.topic_outbox: streams[FEDERATION_OUT],
+        s.topic_read_positions: streams[READ_POSITIONS],
+        s.topic_history: streams[HISTORY],
     }
 
     # Held records to forget, per partition: applied at that partition's next tick, after
@@ -82,11 +93,12 @@ def create_app(s: Settings) -> faust.App:
         outputs: list[Output] = []
         tally = Tally()
         effects = router.handle(msg, now_ms())
-        for removal in router.carry_out(effects, router.source_of(msg.topic), outputs, tally):
+        source = router.source_of(msg.topic)
+        for removal in router.carry_out(effects, source, outputs, tally, msg.partition):
             forget.setdefault(removal.partition, []).append(removal)
         tally.flush()
-        for topic, key, value, _ in outputs:
-            await topics[topic].send(key=key, value=value, force=True)
+        for topic, key, value, partition in outputs:
+            await topics[topic].send(key=key, value=value, partition=partition, force=True)
 
     async def forget_released(partition: int) -> None:
         """Runs while a tick of `partition` is processed, so the writes land there."""
