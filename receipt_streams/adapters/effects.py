@@ -23,6 +23,7 @@ from receipt_streams.core.processor import (
     HeldRemoval,
     Limits,
     Processor,
+    Removed,
     SendDlq,
 )
 from receipt_streams.core.reasons import Reason
@@ -76,6 +77,8 @@ class Tally:
             self.counts[metrics.REJECTED, (str(effect.reason),)] += 1
         elif isinstance(effect, Held):
             self.counts[metrics.HELD, (effect.waiting_for,)] += 1
+        elif isinstance(effect, Removed):
+            self.counts[metrics.REMOVED, (effect.command,)] += effect.receipts
 
     def input(self, topic: str) -> None:
         self.counts[metrics.INPUTS, (topic,)] += 1
@@ -103,6 +106,7 @@ class Router:
             s.topic_federation_in: processor.remote_receipt,
             s.topic_federation: processor.federation_edu,
             s.topic_ticks: lambda src, now: processor.tick(src.partition, now),
+            s.topic_admin: processor.admin,
         }
 
     def handle(self, record: Any, now: int) -> list[Effect]:
@@ -127,4 +131,6 @@ class Router:
                 outputs.append((self.streams[effect.stream], effect.key, effect.value, None))
             elif isinstance(effect, HeldRemoval):
                 removals.append(effect)
+            elif isinstance(effect, Removed):
+                log.info("admin command applied", extra=effect._asdict())
         return removals
