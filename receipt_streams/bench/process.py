@@ -37,7 +37,18 @@ def worker_settings(bootstrap: str, tmp: Path, **overrides: Any) -> Settings:
     tag = uuid.uuid4().hex[:8]
     names = {
         f"topic_{k}": f"t{tag}.{k}"
-        for k in ("client", "federation", "membership", "events", "sync", "edus", "dlq", "ticks")
+        for k in (
+            "client",
+            "federation",
+            "membership",
+            "events",
+            "sync",
+            "edus",
+            "dlq",
+            "ticks",
+            "admin",
+            "history",
+        )
     }
     base: dict[str, Any] = {
         "bootstrap_servers": bootstrap,

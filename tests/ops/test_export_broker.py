@@ -1,0 +1,285 @@
+"""`receipt-streams export` on the real broker, and the README's DuckDB queries run verbatim
+on its files, against figures computed here from the seeded workload.
+
+The workload is written straight to the topics the exporter reads (the receipts changelog,
+a history topic in the history feed's record shape, the admin topic), so every figure is
+known exactly: several rooms, users and days, tombstones, null times-to-read, private and
+fully-read slots, a purge and an erasure with records before and after them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import re
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from receipt_streams.adapters.sending import partition_of
+from receipt_streams.adapters.topics import ensure_topics
+from receipt_streams.config import Settings
+from receipt_streams.entrypoints.cli import main
+from tests.support.worker import settings_env, worker_settings
+
+pytestmark = pytest.mark.broker
+
+README = Path(__file__).parents[2] / "README.md"
+QUERIES = (
+    "read rate per room and day",
+    "median and p90 time-to-read per room",
+    "active readers per room per day",
+    "share of private receipts",
+)
+DAY0 = 1_764_547_200_000  # 2025-12-01T00:00Z
+DAY = 86_400_000
+ROOMS = [f"!room{i}:hs1" for i in range(5)]
+USERS = [f"@user{i}:hs{1 + i % 2}" for i in range(8)]
+PURGED, ERASED = ROOMS[4], USERS[7]
+
+
+def readme_queries() -> dict[str, str]:
+    """The README's ```sql blocks, by their first line's `-- name` comment."""
+    blocks = re.findall(r"```sql\n(.*?)```", README.read_text(), re.S)
+    named = {b.splitlines()[0].removeprefix("-- ").strip(): b for b in blocks}
+    return {name: named[name] for name in QUERIES}
+
+
+def quantile_cont(values: list[int], q: float) -> float:
+    """Linear interpolation between the closest ranks (DuckDB's quantile_cont)."""
+    xs = sorted(values)
+    pos = q * (len(xs) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (pos - lo) * (xs[hi] - xs[lo])
+
+
+def day_of(ts: int) -> dt.date:
+    return dt.datetime.fromtimestamp(ts / 1000, dt.UTC).date()
+
+
+class Workload:
+    """Records for the three topics, and what the export must hold."""
+
+    def __init__(self, seed: int = 7) -> None:
+        rnd = random.Random(seed)
+        self.rnd = rnd
+        self.changelog: list[tuple[bytes, bytes | None]] = []
+        self.table: dict[tuple, dict[str, Any]] = {}
+        self.history: list[tuple[bytes, dict[str, Any]]] = []
+        self.pos = 0
+
+    def receipt(self, room: str, user: str, rtype: str, thread: str | None, ts: int) -> None:
+        self.pos += 1
+        key = (room, user, rtype, thread)
+        value = {"event_id": f"$e{self.pos}", "stream_pos": self.pos, "ts": ts, "data": {"ts": ts}}
+        self.changelog.append((orjson.dumps(list(key)), orjson.dumps(value)))
+        self.table[key] = value
+
+    def tombstone(self, key: tuple) -> None:
+        self.changelog.append((orjson.dumps(list(key)), None))
+        self.table.pop(key, None)
+
+    def change(self, room: str, user: str, ts: int, ttr: int | None, rtype: str = "m.read") -> None:
+        self.pos += 1
+        self.history.append(
+            (
+                orjson.dumps([room, user, rtype, None]),
+                {
+                    "key": [room, user, rtype, None],
+                    "event_id": f"$h{self.pos}",
+                    "previous_event_id": None,
+                    "origin_server_ts": None if ttr is None else ts - ttr,
+                    "ts": ts,
+                    "time_to_read_ms": ttr,
+                    "source": self.rnd.choice(["client", "federation"]),
+                },
+            )
+        )
+
+    def seed(self) -> None:
+        rnd = self.rnd
+        for _ in range(400):
+            room, user = rnd.choice(ROOMS), rnd.choice(USERS)
+            rtype = rnd.choices(["m.read", "m.read.private", "m.fully_read"], [7, 2, 1])[0]
+            thread = rnd.choice([None, None, "main"]) if rtype != "m.fully_read" else None
+            self.receipt(room, user, rtype, thread, DAY0 + rnd.randrange(3 * DAY))
+        for key in rnd.sample(sorted(self.table, key=str), 20):
+            self.tombstone(key)
+        for _ in range(600):
+            ttr = rnd.choice([None, rnd.randrange(100, 600_000), rnd.randrange(10, 5_000)])
+            rtype = "m.read" if rnd.random() < 0.9 else "m.fully_read"
+            self.change(
+                rnd.choice(ROOMS), rnd.choice(USERS), DAY0 + rnd.randrange(3 * DAY), ttr, rtype
+            )
+
+    def after_removals(self) -> None:
+        """What the fold would write after the commands: the purged room lives again."""
+        self.receipt(PURGED, USERS[0], "m.read", None, DAY0 + 2 * DAY + 5)
+        self.change(PURGED, USERS[0], DAY0 + 2 * DAY + 5, 1_234)
+        self.receipt(ROOMS[0], ERASED, "m.read", None, DAY0 + 2 * DAY + 6)
+        self.change(ROOMS[0], ERASED, DAY0 + 2 * DAY + 6, None)
+
+    def forget(self) -> None:
+        """Apply the purge and the erasure to the expectations."""
+        self.table = {k: v for k, v in self.table.items() if k[0] != PURGED and k[1] != ERASED}
+        self.history = [
+            (k, v) for k, v in self.history if v["key"][0] != PURGED and v["key"][1] != ERASED
+        ]
+
+
+async def create_history_topic(s: Settings) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=s.bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(s.topic_history, s.partitions, 1)])
+    finally:
+        await admin.close()
+
+
+async def produce(s: Settings, records: list[tuple[str, bytes, bytes | None, int | None]]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        futures = [await producer.send(t, v, key=k, partition=p) for t, k, v, p in records]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: Any, s: Settings, *argv: str) -> Any:
+    for name, value in settings_env(s).items():
+        if name.startswith("RECEIPT_STREAMS_"):
+            monkeypatch.setenv(name, value)
+    capsys.readouterr()
+    assert main([*argv, "--quiet", "--json"]) == 0
+    return orjson.loads(capsys.readouterr().out)
+
+
+def test_export_then_the_readme_queries_give_the_workloads_figures(
+    kafka_bootstrap: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    s = worker_settings(kafka_bootstrap, tmp_path)
+    asyncio.run(ensure_topics(s))
+    asyncio.run(create_history_topic(s))
+    w = Workload()
+    w.seed()
+    n = s.partitions
+
+    def records(changelog: list, history: list) -> list:
+        out = [
+            (s.changelog_receipts, k, v, partition_of(orjson.loads(k)[0].encode(), n))
+            for k, v in changelog
+        ]
+        out += [(s.topic_history, k, orjson.dumps(v), None) for k, v in history]
+        return out
+
+    asyncio.run(produce(s, records(w.changelog, w.history)))
+    time.sleep(0.05)  # the commands come strictly later (Kafka timestamps in ms)
+    commands = [
+        (
+            s.topic_admin,
+            PURGED.encode(),
+            orjson.dumps({"command": "purge_room", "room_id": PURGED, "ts": 1}),
+            None,
+        )
+    ] + [
+        (
+            s.topic_admin,
+            ERASED.encode(),
+            orjson.dumps({"command": "erase_user", "user_id": ERASED, "ts": 1}),
+            p,
+        )
+        for p in range(n)
+    ]
+    asyncio.run(produce(s, commands))
+    time.sleep(0.05)
+    before = (len(w.table), len(w.history))
+    w.forget()
+    assert len(w.table) < before[0] and len(w.history) < before[1]  # there was something
+    done = (len(w.changelog), len(w.history))
+    w.after_removals()
+    asyncio.run(produce(s, records(w.changelog[done[0] :], w.history[done[1] :])))
+
+    manifest = run_cli(monkeypatch, capsys, s, "export", "--out", str(tmp_path / "export"))
+    assert manifest["receipts"]["rows"] == len(w.table)
+    assert manifest["history"]["rows"] == len(w.history)
+    assert manifest["removals"] == 1 + n
+
+    # The table file: exactly the expected table, one row per key.
+    got = duckdb.sql(
+        f"SELECT room_id, user_id, receipt_type, thread_id, event_id, stream_pos, ts "
+        f"FROM '{tmp_path}/export/receipts.parquet'"
+    ).fetchall()
+    assert {r[:4]: {"event_id": r[4], "stream_pos": r[5], "ts": r[6]} for r in got} == {
+        k: {f: v[f] for f in ("event_id", "stream_pos", "ts")} for k, v in w.table.items()
+    }
+    assert len(got) == len(w.table)
+    assert {r[:4] for r in got if PURGED in r or ERASED in r} == {
+        (PURGED, USERS[0], "m.read", None),  # written after the purge: the room's new life
+        (ROOMS[0], ERASED, "m.read", None),  # after the erasure
+    }
+
+    monkeypatch.chdir(tmp_path)  # the queries read 'export/...'
+    q = readme_queries()
+    hist = [v for _, v in w.history]
+    reads = [v for v in hist if v["key"][2] == "m.read"]
+
+    rate: dict[tuple, int] = defaultdict(int)
+    for v in reads:
+        rate[v["key"][0], day_of(v["ts"])] += 1
+    assert {(r, d): c for r, d, c in duckdb.sql(q[QUERIES[0]]).fetchall()} == rate
+
+    timed: dict[str, list[int]] = defaultdict(list)
+    for v in reads:
+        if v["time_to_read_ms"] is not None:
+            timed[v["key"][0]].append(v["time_to_read_ms"])
+    rows = duckdb.sql(q[QUERIES[1]]).fetchall()
+    assert [r[0] for r in rows] == sorted(timed)
+    for room, count, median, p90 in rows:
+        assert count == len(timed[room])
+        assert median == pytest.approx(quantile_cont(timed[room], 0.5))
+        assert p90 == pytest.approx(quantile_cont(timed[room], 0.9))
+
+    active: dict[tuple, set[str]] = defaultdict(set)
+    for v in hist:
+        active[v["key"][0], day_of(v["ts"])].add(v["key"][1])
+    assert {(r, d): c for r, d, c in duckdb.sql(q[QUERIES[2]]).fetchall()} == {
+        k: len(users) for k, users in active.items()
+    }
+
+    private = sum(1 for k in w.table if k[2] == "m.read.private")
+    read = sum(1 for k in w.table if k[2] in ("m.read", "m.read.private"))
+    [(got_private, got_read, share)] = duckdb.sql(q[QUERIES[3]]).fetchall()
+    assert (got_private, got_read) == (private, read)
+    assert float(share) == pytest.approx(round(private / read, 4))
+    assert 0 < private < read
+
+    # A time range: only the history's changes with ts in [since, until).
+    since, until = DAY0 + DAY, DAY0 + 2 * DAY
+    manifest = run_cli(
+        monkeypatch,
+        capsys,
+        s,
+        "export",
+        "--out",
+        "ranged",
+        "--since",
+        str(since),
+        "--until",
+        str(until),
+    )
+    assert manifest["history"]["rows"] == sum(1 for v in hist if since <= v["ts"] < until) > 0
+    assert manifest["receipts"]["rows"] == len(w.table)
