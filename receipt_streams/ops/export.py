@@ -9,8 +9,9 @@
 Both files also forget what the admin topic says was purged or erased, even where the fold
 has not reached the command yet or the history (append-only, kept for its retention) still
 holds it: a record of a purged room or an erased user is left out when it was written (its
-Kafka timestamp) at or before the command. So the next export after a purge or an erasure no
-longer holds them, and re-exporting is how an older export is made to forget.
+Kafka timestamp) at or before the command, and a history record also when its receipt's `ts`
+is at or before the command's `ts`. So the next export after a purge or an erasure no longer
+holds them, and re-exporting is how an older export is made to forget.
 
 Records go to newline-delimited JSON files as they are read (memory stays flat whatever the
 table's size); DuckDB keeps each key's last value and writes the Parquet.
@@ -61,7 +62,7 @@ HISTORY_COLUMNS = {
     "time_to_read_ms": "BIGINT",
     "source": "VARCHAR",
 }
-REMOVAL_COLUMNS = {"kind": "VARCHAR", "target": "VARCHAR", "written_ms": "BIGINT"}
+REMOVAL_COLUMNS = {"kind": "VARCHAR", "target": "VARCHAR", "written_ms": "BIGINT", "ts": "BIGINT"}
 
 
 # --- records -> rows (pure) ------------------------------------------------------------
@@ -142,10 +143,11 @@ def removal_row(written_ms: int, raw_value: bytes | None) -> dict[str, Any] | No
         return None
     if not isinstance(v, dict):
         return None
+    ts = v.get("ts") if isinstance(v.get("ts"), int) else written_ms
     if v.get("command") == "purge_room" and isinstance(v.get("room_id"), str):
-        return {"kind": "room", "target": v["room_id"], "written_ms": written_ms}
+        return {"kind": "room", "target": v["room_id"], "written_ms": written_ms, "ts": ts}
     if v.get("command") == "erase_user" and isinstance(v.get("user_id"), str):
-        return {"kind": "user", "target": v["user_id"], "written_ms": written_ms}
+        return {"kind": "user", "target": v["user_id"], "written_ms": written_ms, "ts": ts}
     return None
 
 
@@ -162,12 +164,17 @@ def _source(path: Path, columns: dict[str, str]) -> str:
     return f"read_json({_lit(path)}, format='newline_delimited', columns={{{cols}}})"
 
 
-def _kept(alias: str) -> str:
-    """Rows not removed by a later (or simultaneous) purge of their room or erasure of
-    their user."""
+def _kept(alias: str, by_ts: bool) -> str:
+    """Rows not removed by a purge of their room or an erasure of their user: written (their
+    Kafka timestamp) at or before the command, or with `by_ts` (the history), also a
+    receipt whose `ts` is at or before the command's `ts` (one folded after the command was
+    written but before the fold reached it, when the fold lagged)."""
+    older = f"r.written_ms >= {alias}.written_ms"
+    if by_ts:
+        older = f"({older} OR r.ts >= {alias}.ts)"
     return f"""NOT EXISTS (
         SELECT 1 FROM removals r
-        WHERE r.written_ms >= {alias}.written_ms
+        WHERE {older}
           AND ((r.kind = 'room' AND r.target = {alias}.room_id)
             OR (r.kind = 'user' AND r.target = {alias}.user_id)))"""
 
@@ -182,13 +189,13 @@ def table_sql(rows: Path, out: Path) -> str:
                 ORDER BY partition DESC, "offset" DESC) AS newest
             FROM {_source(rows, RECEIPT_COLUMNS)}
         ) c
-        WHERE newest = 1 AND NOT deleted AND {_kept("c")}
+        WHERE newest = 1 AND NOT deleted AND {_kept("c", by_ts=False)}
         ORDER BY room_id, user_id, receipt_type, thread_id NULLS FIRST
     ) TO {_lit(out)} (FORMAT parquet)"""
 
 
 def history_sql(rows: Path, out: Path, since: int | None, until: int | None) -> str:
-    where = [_kept("h")]
+    where = [_kept("h", by_ts=True)]
     if since is not None:
         where.append(f"ts >= {int(since)}")
     if until is not None:

@@ -80,7 +80,7 @@ def test_history_records_of_another_shape_are_refused(raw: bytes) -> None:
 def test_admin_commands_as_removals() -> None:
     purge = orjson.dumps({"command": "purge_room", "room_id": "!r:hs1", "ts": 1})
     erase = orjson.dumps({"command": "erase_user", "user_id": "@a:hs1", "ts": 1})
-    assert removal_row(9, purge) == {"kind": "room", "target": "!r:hs1", "written_ms": 9}
-    assert removal_row(9, erase) == {"kind": "user", "target": "@a:hs1", "written_ms": 9}
+    assert removal_row(9, purge) == {"kind": "room", "target": "!r:hs1", "written_ms": 9, "ts": 1}
+    assert removal_row(9, erase) == {"kind": "user", "target": "@a:hs1", "written_ms": 9, "ts": 1}
     for bad in (None, b"x", b"[]", orjson.dumps({"command": "purge_room"})):
         assert removal_row(9, bad) is None
