@@ -262,6 +262,9 @@ class Processor:
             why = f"record key {shown!r} is not the command's target {target!r}"
             return [self.reject(src, Rejection(Reason.KEY_MISMATCH, why), now_ms)]
         if cmd.command == "purge_room":
+            if self.room_partition is not None and self.room_partition(target) != src.partition:
+                why = f"{target} belongs to partition {self.room_partition(target)}"
+                return [self.reject(src, Rejection(Reason.KEY_MISMATCH, why), now_ms)]
             return [self._purge_room(target)]
         return [self._erase_user(target, src.partition)]
 

@@ -155,6 +155,9 @@ def test_erase_keeps_to_the_rooms_of_its_partition() -> None:
     before = h.table()
     erase(h, A)  # the harness's partition is 0
     assert h.table() == {k: v for k, v in before.items() if k.user_id != A or k.room_id != R1}
+    # A purge that reached the wrong partition would write its tombstones there: refused.
+    assert dlq_reasons(purge(h, R2)) == ["key_mismatch"]
+    assert purge(h, R1)[0].receipts == 6  # 9 less A's 3, erased above
 
 
 # --- properties ------------------------------------------------------------------------
