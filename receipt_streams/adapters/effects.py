@@ -132,5 +132,5 @@ class Router:
             elif isinstance(effect, HeldRemoval):
                 removals.append(effect)
             elif isinstance(effect, Removed):
-                log.info("admin command applied", extra=effect._asdict())
+                log.info("admin command applied", extra=effect.summary())
         return removals

@@ -73,14 +73,20 @@ class Held(NamedTuple):
 
 
 class Removed(NamedTuple):
-    """What an admin command removed on one partition (for logs and metrics): table slots
-    (each a tombstone on the receipts changelog), room-state keys and held receipts."""
+    """What an admin command removed on one partition: table slots (each a tombstone on the
+    receipts changelog), room-state keys and held receipts; `keys` are the slots, for the
+    outputs keyed by them (a feed that must forget them too)."""
 
     command: str
     target: str  # the room or the user
     receipts: int
     state: int
     held: int
+    keys: tuple[ReceiptKey, ...] = ()
+
+    def summary(self) -> dict[str, Any]:
+        """For the log line: the counts, not the keys."""
+        return {f: getattr(self, f) for f in self._fields if f != "keys"}
 
 
 Effect = SendDlq | Folded | HeldRemoval | Held | Emit | Removed
@@ -280,7 +286,8 @@ class Processor:
             entries = self.held.get(key)
             held += len(entries)
             self.held.remove(key, frozenset(map(record_id, entries)))
-        return Removed("purge_room", room_id, len(slots), len(state), held)
+        keys = tuple(map(ReceiptKey.decode, slots))
+        return Removed("purge_room", room_id, len(slots), len(state), held, keys)
 
     def _erase_user(self, user_id: str, partition: int) -> Removed:
         def here(room_id: str) -> bool:
@@ -300,7 +307,9 @@ class Processor:
             if theirs:
                 held += len(theirs)
                 self.held.remove(key, frozenset(map(record_id, theirs)))
-        return Removed("erase_user", user_id, len(slots), 0, held)
+        return Removed(
+            "erase_user", user_id, len(slots), 0, held, tuple(map(ReceiptKey.decode, slots))
+        )
 
     def tick(self, partition: int, now_ms: int) -> list[Effect]:
         """The grace-period sweep for one partition: expired held receipts get a last check."""

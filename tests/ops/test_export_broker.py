@@ -89,21 +89,33 @@ class Workload:
         self.table.pop(key, None)
 
     def change(self, room: str, user: str, ts: int, ttr: int | None, rtype: str = "m.read") -> None:
+        """A history record as the history feed writes it (`receipts.history.v1`: the slot's
+        fields in the value, the changelog's key array as the record key); one in three in
+        the other layout the exporter reads (the slot as a `key` array in the value)."""
         self.pos += 1
-        self.history.append(
-            (
-                orjson.dumps([room, user, rtype, None]),
-                {
-                    "key": [room, user, rtype, None],
-                    "event_id": f"$h{self.pos}",
-                    "previous_event_id": None,
-                    "origin_server_ts": None if ttr is None else ts - ttr,
-                    "ts": ts,
-                    "time_to_read_ms": ttr,
-                    "source": self.rnd.choice(["client", "federation"]),
-                },
+        slot = [room, user, rtype, None]
+        value: dict[str, Any] = {
+            "event_id": f"$h{self.pos}",
+            "stream_pos": self.pos,
+            "ts": ts,
+            "previous_event_id": None,
+            "previous_stream_pos": None,
+            "previous_ts": None,
+            "origin_server_ts": None if ttr is None else ts - ttr,
+            "time_to_read_ms": ttr,
+            "source": self.rnd.choice(["client", "federation"]),
+        }
+        if self.pos % 3:
+            value |= dict(
+                zip(("room_id", "user_id", "receipt_type", "thread_id"), slot, strict=True)
             )
-        )
+        else:
+            value["key"] = slot
+        self.history.append((orjson.dumps(slot), value))
+
+    @staticmethod
+    def slot(value: dict[str, Any]) -> list[Any]:
+        return value.get("key") or [value[f] for f in ("room_id", "user_id", "receipt_type")]
 
     def seed(self) -> None:
         rnd = self.rnd
@@ -132,7 +144,9 @@ class Workload:
         """Apply the purge and the erasure to the expectations."""
         self.table = {k: v for k, v in self.table.items() if k[0] != PURGED and k[1] != ERASED}
         self.history = [
-            (k, v) for k, v in self.history if v["key"][0] != PURGED and v["key"][1] != ERASED
+            (k, v)
+            for k, v in self.history
+            if self.slot(v)[0] != PURGED and self.slot(v)[1] != ERASED
         ]
 
 
@@ -242,17 +256,18 @@ def test_export_then_the_readme_queries_give_the_workloads_figures(
     monkeypatch.chdir(tmp_path)  # the queries read 'export/...'
     q = readme_queries()
     hist = [v for _, v in w.history]
-    reads = [v for v in hist if v["key"][2] == "m.read"]
+    slot = Workload.slot
+    reads = [v for v in hist if slot(v)[2] == "m.read"]
 
     rate: dict[tuple, int] = defaultdict(int)
     for v in reads:
-        rate[v["key"][0], day_of(v["ts"])] += 1
+        rate[slot(v)[0], day_of(v["ts"])] += 1
     assert {(r, d): c for r, d, c in duckdb.sql(q[QUERIES[0]]).fetchall()} == rate
 
     timed: dict[str, list[int]] = defaultdict(list)
     for v in reads:
         if v["time_to_read_ms"] is not None:
-            timed[v["key"][0]].append(v["time_to_read_ms"])
+            timed[slot(v)[0]].append(v["time_to_read_ms"])
     rows = duckdb.sql(q[QUERIES[1]]).fetchall()
     assert [r[0] for r in rows] == sorted(timed)
     for room, count, median, p90 in rows:
@@ -262,7 +277,7 @@ def test_export_then_the_readme_queries_give_the_workloads_figures(
 
     active: dict[tuple, set[str]] = defaultdict(set)
     for v in hist:
-        active[v["key"][0], day_of(v["ts"])].add(v["key"][1])
+        active[slot(v)[0], day_of(v["ts"])].add(slot(v)[1])
     assert {(r, d): c for r, d, c in duckdb.sql(q[QUERIES[2]]).fetchall()} == {
         k: len(users) for k, users in active.items()
     }
