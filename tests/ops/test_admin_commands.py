@@ -36,7 +36,7 @@ def test_commands_are_what_the_fold_accepts() -> None:
     ],
 )
 def test_bad_targets_are_refused_before_anything_is_sent(kind: str, target: str) -> None:
-    with pytest.raises(CtlError, match="invalid (room|user) ID") as refused:
+    with pytest.raises(CtlError, match=r"invalid (room|user) ID") as refused:
         command(kind, target, None, 1)
     assert "full room ID" in refused.value.hint
 
