@@ -22,15 +22,17 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import orjson
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from receipt_streams.config import Settings
-from receipt_streams.ops.kafka import consumer, partitions, read_records, started
+from receipt_streams.ops.kafka import consumer, partitions, started
+from receipt_streams.ops.output import progress
 from receipt_streams.ops.timespec import iso
 
 KEY_FIELDS = ("room_id", "user_id", "receipt_type", "thread_id")
@@ -212,19 +214,67 @@ def history_sql(rows: Path, out: Path, since: int | None, until: int | None) -> 
 # --- Kafka -> files --------------------------------------------------------------------
 
 
-async def _dump(s: Settings, topic: str, path: Path, quiet: bool, to_row: Any) -> dict[str, Any]:
-    """Read `topic` whole (read_committed, to the end seen at the start) into `path`, one
-    row per record `to_row` accepts. Returns counts and the end offsets."""
+# The history is read from the first record written (Kafka timestamp) this long before
+# `--since`: a change is written when it is folded, after its receipt's `ts`, so nothing with
+# `ts >= since` comes earlier, short of a remote server's clock more than a day ahead.
+HISTORY_SLACK_MS = 86_400_000
+
+
+async def _starts(
+    c: AIOKafkaConsumer, tps: list[TopicPartition], since: int | None
+) -> dict[TopicPartition, int]:
+    """Where to start reading each partition: the beginning, or with `since` the first
+    offset written at or after `since - HISTORY_SLACK_MS` (the end when there is none)."""
+    begin = await c.beginning_offsets(tps)
+    if since is None:
+        return begin
+    end = await c.end_offsets(tps)
+    found = await c.offsets_for_times({tp: max(since - HISTORY_SLACK_MS, 0) for tp in tps})
+    return {tp: (found[tp].offset if found.get(tp) else end[tp]) for tp in tps}
+
+
+async def _read_from(
+    c: AIOKafkaConsumer, starts: dict[TopicPartition, int], what: str, quiet: bool
+) -> AsyncIterator[Any]:
+    """Every committed record from `starts` to the end seen now, with a progress bar."""
+    tps = list(starts)
+    c.assign(tps)
+    end = await c.end_offsets(tps)
+    remaining = {tp for tp in tps if end[tp] > starts[tp]}
+    for tp in remaining:
+        c.seek(tp, starts[tp])
+    bar = progress(sum(end[tp] - starts[tp] for tp in remaining), what, quiet)
+    try:
+        while remaining:
+            got = await c.getmany(*remaining, timeout_ms=500)
+            for tp, records in got.items():
+                for r in records:
+                    if r.offset < end[tp]:
+                        yield r
+                bar.update(len(records))
+            for tp in list(remaining):  # the end may be a control record or compacted away
+                if await c.position(tp) >= end[tp]:
+                    remaining.discard(tp)
+    finally:
+        bar.close()
+
+
+async def _dump(
+    s: Settings, topic: str, path: Path, quiet: bool, to_row: Any, since: int | None = None
+) -> dict[str, Any]:
+    """Read `topic` (read_committed, to the end seen at the start; with `since`, from
+    `_starts`) into `path`, one row per record `to_row` accepts. Returns counts and the
+    offsets read."""
     rows = skipped = 0
-    ends: dict[int, int] = {}
     async with started(consumer(s)) as c:
         parts = await partitions(c, topic, required=False)
         if not parts:
             return {"topic": topic, "exists": False}
         tps = [TopicPartition(topic, p) for p in parts]
+        starts = await _starts(c, tps, since)
         ends = {tp.partition: off for tp, off in (await c.end_offsets(tps)).items()}
         with path.open("wb") as f:
-            async for r in read_records(c, tps, f"reading {topic}", quiet):
+            async for r in _read_from(c, starts, f"reading {topic}", quiet):
                 try:
                     row = to_row(r)
                 except (ValueError, KeyError, TypeError):
@@ -234,10 +284,19 @@ async def _dump(s: Settings, topic: str, path: Path, quiet: bool, to_row: Any) -
                     continue
                 f.write(orjson.dumps(row) + b"\n")
                 rows += 1
-    return {"topic": topic, "exists": True, "records": rows, "skipped": skipped, "ends": ends}
+    return {
+        "topic": topic,
+        "exists": True,
+        "records": rows,
+        "skipped": skipped,
+        "starts": {tp.partition: off for tp, off in starts.items()},
+        "ends": ends,
+    }
 
 
-async def read_all(s: Settings, work: Path, quiet: bool, history: bool) -> dict[str, Any]:
+async def read_all(
+    s: Settings, work: Path, quiet: bool, history: bool, since: int | None = None
+) -> dict[str, Any]:
     """The admin topic, the receipts changelog and (when asked) the history topic, each into
     its rows file in `work`."""
     removals = await _dump(
@@ -262,6 +321,7 @@ async def read_all(s: Settings, work: Path, quiet: bool, history: bool) -> dict[
             work / "history.ndjson",
             quiet,
             lambda r: history_row(r.timestamp, r.key, r.value),
+            since,
         )
     return {"removals": removals, "receipts": table, "history": hist}
 
@@ -285,7 +345,7 @@ def export(
     try:
         for name in ("removals", "receipts"):  # an absent topic: no rows
             (work / f"{name}.ndjson").write_bytes(b"")
-        read = asyncio.run(read_all(s, work, quiet, history))
+        read = asyncio.run(read_all(s, work, quiet, history, since))
         table, hist = read["receipts"], read["history"]
         db = duckdb.connect()
         try:

@@ -75,6 +75,10 @@ class Workload:
         self.changelog: list[tuple[bytes, bytes | None]] = []
         self.table: dict[tuple, dict[str, Any]] = {}
         self.history: list[tuple[bytes, dict[str, Any]]] = []
+        # Kafka timestamps of the seeded history records: written as the fold would, half a
+        # second after their receipt (later records are written now).
+        self.written: dict[str, int] = {}
+        self.backdate = False
         self.pos = 0
 
     def receipt(self, room: str, user: str, rtype: str, thread: str | None, ts: int) -> None:
@@ -112,6 +116,8 @@ class Workload:
         else:
             value["key"] = slot
         self.history.append((orjson.dumps(slot), value))
+        if self.backdate:
+            self.written[value["event_id"]] = ts + 500
 
     @staticmethod
     def slot(value: dict[str, Any]) -> list[Any]:
@@ -126,12 +132,15 @@ class Workload:
             self.receipt(room, user, rtype, thread, DAY0 + rnd.randrange(3 * DAY))
         for key in rnd.sample(sorted(self.table, key=str), 20):
             self.tombstone(key)
+        self.backdate = True
+        self.backdate = True
         for _ in range(600):
             ttr = rnd.choice([None, rnd.randrange(100, 600_000), rnd.randrange(10, 5_000)])
             rtype = "m.read" if rnd.random() < 0.9 else "m.fully_read"
             self.change(
                 rnd.choice(ROOMS), rnd.choice(USERS), DAY0 + rnd.randrange(3 * DAY), ttr, rtype
             )
+        self.backdate = False
 
     def after_removals(self) -> None:
         """What the fold would write after the commands: the purged room lives again."""
@@ -159,13 +168,19 @@ async def create_history_topic(s: Settings) -> None:
         await admin.close()
 
 
-async def produce(s: Settings, records: list[tuple[str, bytes, bytes | None, int | None]]) -> None:
+async def produce(s: Settings, records: list[tuple]) -> None:
+    """(topic, key, value, partition or None[, Kafka timestamp in ms])."""
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers, acks="all")
     await producer.start()
     try:
-        futures = [await producer.send(t, v, key=k, partition=p) for t, k, v, p in records]
+        futures = [
+            await producer.send(
+                r[0], r[2], key=r[1], partition=r[3], timestamp_ms=(r[4:] or [None])[0]
+            )
+            for r in records
+        ]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -198,7 +213,12 @@ def test_export_then_the_readme_queries_give_the_workloads_figures(
             (s.changelog_receipts, k, v, partition_of(orjson.loads(k)[0].encode(), n))
             for k, v in changelog
         ]
-        out += [(s.topic_history, k, orjson.dumps(v), None) for k, v in history]
+        # In the order the fold writes them: by Kafka timestamp (its time index needs that).
+        history = sorted(history, key=lambda kv: w.written.get(kv[1]["event_id"], 0))
+        out += [
+            (s.topic_history, k, orjson.dumps(v), None, w.written.get(v["event_id"]))
+            for k, v in history
+        ]
         return out
 
     asyncio.run(produce(s, records(w.changelog, w.history)))
@@ -290,7 +310,7 @@ def test_export_then_the_readme_queries_give_the_workloads_figures(
     assert 0 < private < read
 
     # A time range: only the history's changes with ts in [since, until).
-    since, until = DAY0 + DAY, DAY0 + 2 * DAY
+    since, until = DAY0 + 2 * DAY, DAY0 + 3 * DAY - DAY // 2
     manifest = run_cli(
         monkeypatch,
         capsys,
@@ -304,4 +324,10 @@ def test_export_then_the_readme_queries_give_the_workloads_figures(
         str(until),
     )
     assert manifest["history"]["rows"] == sum(1 for v in hist if since <= v["ts"] < until) > 0
+    # Read from a day before `since` by Kafka timestamp, not from the beginning.
+    seeded = sorted(w.written.values())
+    skipped = sum(1 for t in seeded if t < since - DAY)
+    assert 0 < skipped < len(seeded)
+    read = manifest["history"]["records"] + manifest["history"]["skipped"]
+    assert read == 600 + 2 + 2 - skipped  # seeded, after the commands, lagging
     assert manifest["receipts"]["rows"] == len(w.table)
