@@ -42,6 +42,17 @@ class Settings(BaseSettings):
     topic_sync: str = "receipts.sync.v1"
     topic_edus: str = "federation.edus.v1"
     topic_dlq: str = "receipts.dlq.v1"
+    topic_admin: str = Field(
+        "receipts.admin.v1",
+        description="Operators' commands to the fold (input, compacted): `purge_room` keyed "
+        "by room_id, `erase_user` keyed by user_id with one copy per partition; written by "
+        "`receipt-streams ctl purge-room` / `ctl erase-user`.",
+    )
+    topic_history: str = Field(
+        "receipts.history.v1",
+        description="The history feed of accepted changes, read by `receipt-streams export` "
+        "when the topic exists.",
+    )
     topic_ticks: str = Field(
         "receipts.ticks.v1",
         description="Internal: per-partition clock ticks that drive the grace-period sweep.",
@@ -297,4 +308,5 @@ class Settings(BaseSettings):
             self.topic_events,
             self.topic_ticks,
             self.topic_federation_in,
+            self.topic_admin,
         ]

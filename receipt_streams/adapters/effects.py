@@ -27,6 +27,7 @@ from receipt_streams.core.processor import (
     HeldRemoval,
     Limits,
     Processor,
+    Removed,
     SendDlq,
 )
 from receipt_streams.core.reasons import Reason
@@ -88,6 +89,8 @@ class Tally:
             self.counts[metrics.HELD, (effect.waiting_for,)] += 1
         elif isinstance(effect, Emit) and effect.stream in FEEDS:
             self.counts[metrics.FEED_RECORDS, (effect.stream,)] += 1
+        elif isinstance(effect, Removed):
+            self.counts[metrics.REMOVED, (effect.command,)] += effect.receipts
 
     def input(self, topic: str) -> None:
         self.counts[metrics.INPUTS, (topic,)] += 1
@@ -120,6 +123,7 @@ class Router:
             s.topic_federation_in: processor.remote_receipt,
             s.topic_federation: processor.federation_edu,
             s.topic_ticks: lambda src, now: processor.tick(src.partition, now),
+            s.topic_admin: processor.admin,
         }
 
     def handle(self, record: Any, now: int) -> list[Effect]:
@@ -151,4 +155,6 @@ class Router:
                 outputs.append((self.streams[effect.stream], effect.key, effect.value, to))
             elif isinstance(effect, HeldRemoval):
                 removals.append(effect)
+            elif isinstance(effect, Removed):
+                log.info("admin command applied", extra=effect.summary())
         return removals

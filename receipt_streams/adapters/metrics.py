@@ -23,6 +23,11 @@ HELD = Counter(
     "Receipts held back until their event or join arrives.",
     ["waiting_for"],
 )
+REMOVED = Counter(
+    "receipt_streams_removed_receipts_total",
+    "Table slots removed (tombstoned) by admin commands, by command.",
+    ["command"],
+)
 INPUTS = Counter("receipt_streams_input_records_total", "Input records consumed.", ["topic"])
 DELTAS = Counter("receipt_streams_deltas_total", "Sync deltas emitted.")
 DELTA_BATCH = Histogram(

@@ -42,6 +42,9 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
         TopicSpec(s.topic_events, n),
         TopicSpec(s.topic_federation, n, co_partitioned=False),
         TopicSpec(s.topic_ticks, n, hour),
+        # Compacted: the last command per room or user stays, so an export can always tell
+        # which history records a purge or an erasure removed (README, Analytics).
+        TopicSpec(s.topic_admin, n, COMPACT),
         TopicSpec(s.topic_federation_in, n),
         TopicSpec(s.topic_outbox, n, co_partitioned=False),
         TopicSpec(s.topic_sync, n, co_partitioned=False),

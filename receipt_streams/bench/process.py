@@ -47,6 +47,7 @@ def worker_settings(bootstrap: str, tmp: Path, **overrides: Any) -> Settings:
             "dlq",
             "ticks",
             "read_positions",
+            "admin",
             "history",
         )
     }

@@ -3,6 +3,13 @@
 A delta carries, for each changed slot, only its latest state; within one delta a user's
 unthreaded receipt hides a threaded one on the same event (MSC4102). Applying deltas in order
 is idempotent, so redelivery after a fault is harmless.
+
+A slot removed from the table (a room purge or a user erasure: a tombstone on the changelog)
+is carried as a removal, so that a consumer's view follows the table: `removed` lists the
+public `m.read` slots gone (for every member, as the receipts were), `removed_private` each
+owner's own `m.read.private` and `m.fully_read` slots gone (for that owner only). A /sync v3
+client cannot un-see a receipt: the homeserver shows removals to nobody, it only stops
+showing the receipts (README, Purge and erasure).
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ PUBLIC, PRIVATE, FULLY_READ = "m.read", "m.read.private", "m.fully_read"
 View = dict[tuple[str, str, str | None], tuple[str, Mapping[str, Any]]]
 
 
-def _latest(changes: Iterable[tuple[ReceiptKey, Receipt]]) -> dict[ReceiptKey, Receipt]:
-    latest: dict[ReceiptKey, Receipt] = {}
+def _latest(
+    changes: Iterable[tuple[ReceiptKey, Receipt | None]],
+) -> dict[ReceiptKey, Receipt | None]:
+    latest: dict[ReceiptKey, Receipt | None] = {}
     for key, value in changes:
         latest.pop(key, None)  # keep arrival order of the newest write
         latest[key] = value
@@ -38,23 +47,32 @@ def _place(content: dict, threads: dict, key: ReceiptKey, value: Receipt) -> Non
 
 
 def build_delta(
-    room_id: str, seq: int, ts: int, changes: Iterable[tuple[ReceiptKey, Receipt]]
+    room_id: str, seq: int, ts: int, changes: Iterable[tuple[ReceiptKey, Receipt | None]]
 ) -> dict[str, Any] | None:
-    """One delta for a room's changes (oldest first), or None when nothing is left."""
+    """One delta for a room's changes (oldest first; None: the slot was removed), or None
+    when nothing is left."""
     public: dict = {}
     private: dict[str, dict] = {}
     account: dict[str, dict] = {}
+    removed: list[dict[str, Any]] = []
+    removed_private: dict[str, list[dict[str, Any]]] = {}
     threads: dict[tuple[str, str, str], str | None] = {}
     for key, value in _latest(changes).items():
         if key.room_id != room_id:
             raise ValueError(f"change for {key.room_id} in a delta for {room_id}")
-        if key.receipt_type == PUBLIC:
+        if value is None:
+            slot = {"receipt_type": key.receipt_type, "thread_id": key.thread_id}
+            if key.receipt_type == PUBLIC:
+                removed.append({"user_id": key.user_id, **slot})
+            else:
+                removed_private.setdefault(key.user_id, []).append(slot)
+        elif key.receipt_type == PUBLIC:
             _place(public, threads, key, value)
         elif key.receipt_type == PRIVATE:
             _place(private.setdefault(key.user_id, {}), threads, key, value)
         elif key.receipt_type == FULLY_READ:
             account[key.user_id] = {"type": FULLY_READ, "content": {"event_id": value.event_id}}
-    if not (public or private or account):
+    if not (public or private or account or removed or removed_private):
         return None
     delta: dict[str, Any] = {"room_id": room_id, "seq": seq, "ts": ts}
     if public:
@@ -63,6 +81,10 @@ def build_delta(
         delta["private"] = {u: {"type": "m.receipt", "content": c} for u, c in private.items()}
     if account:
         delta["account_data"] = account
+    if removed:
+        delta["removed"] = removed
+    if removed_private:
+        delta["removed_private"] = removed_private
     return delta
 
 
@@ -81,6 +103,11 @@ def apply_delta(view: View, delta: Mapping[str, Any]) -> View:
         _apply_content(view, event["content"])
     for user_id, event in (delta.get("account_data") or {}).items():
         view[(user_id, FULLY_READ, None)] = (event["content"]["event_id"], {})
+    for slot in delta.get("removed") or ():
+        view.pop((slot["user_id"], slot["receipt_type"], slot["thread_id"]), None)
+    for user_id, slots in (delta.get("removed_private") or {}).items():
+        for slot in slots:
+            view.pop((user_id, slot["receipt_type"], slot["thread_id"]), None)
     return view
 
 
@@ -110,19 +137,17 @@ def plan_deltas(
     record (offsets only grow within a partition, and a room lives on one partition). A room
     whose changes would make a delta over `MAX_DELTA_BYTES` gets several, cut in offset order
     as if the batch had been cut there, each with the offset of its newest change."""
-    by_room: dict[str, list[list[tuple[ReceiptKey, Receipt]]]] = {}
+    by_room: dict[str, list[list[tuple[ReceiptKey, Receipt | None]]]] = {}
     seqs: dict[str, list[int]] = {}
     sizes: dict[str, int] = {}
     for offset, raw_key, raw_value in records:
-        if raw_value is None:
-            continue  # a tombstone: receipts are never deleted, nothing to show
-        key = ReceiptKey.decode(raw_key)
-        size = len(raw_key) + len(raw_value) + _ENTRY_OVERHEAD
+        key = ReceiptKey.decode(raw_key)  # a null value: a tombstone, a removal
+        size = len(raw_key) + len(raw_value or b"") + _ENTRY_OVERHEAD
         chunks = by_room.setdefault(key.room_id, [[]])
         if chunks[-1] and sizes[key.room_id] + size > MAX_DELTA_BYTES:
             chunks.append([])
             sizes[key.room_id] = 0
-        chunks[-1].append((key, Receipt.decode(raw_value)))
+        chunks[-1].append((key, Receipt.decode(raw_value) if raw_value is not None else None))
         sizes[key.room_id] = sizes.get(key.room_id, 0) + size
         room_seqs = seqs.setdefault(key.room_id, [])
         if len(room_seqs) < len(chunks):

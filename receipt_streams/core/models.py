@@ -129,6 +129,21 @@ class FederationReceipts(_Payload):
     edu: ReceiptEdu
 
 
+class AdminCommand(_Payload):
+    """`receipts.admin.v1`: an operator's command to the fold. `purge_room` (key: the
+    room_id) removes a room's receipts, room state and held receipts; `erase_user` (key: the
+    user_id, one copy on every partition: `receipt-streams ctl erase-user` writes them)
+    removes the user's receipts and held receipts in every room of the copy's partition."""
+
+    command: Literal["purge_room", "erase_user"]
+    room_id: RoomId | None = Field(None, description="purge_room: the room.")
+    user_id: UserId | None = Field(None, description="erase_user: the user.")
+    ts: Millis = Field(description="When the operator issued it (ms since the epoch).")
+    reason: Annotated[str, Field(max_length=1024)] | None = Field(
+        None, description="Free text for the audit trail (logged, not interpreted)."
+    )
+
+
 # --- outputs -----------------------------------------------------------------------------
 
 
@@ -158,6 +173,15 @@ class FullyReadEvent(BaseModel):
     content: FullyReadContent
 
 
+class RemovedOwnSlot(BaseModel):
+    receipt_type: str
+    thread_id: str | None
+
+
+class RemovedSlot(RemovedOwnSlot):
+    user_id: str
+
+
 class SyncDelta(BaseModel):
     """`receipts.sync.v1`: one room's batched changes; empty parts are left out."""
 
@@ -170,6 +194,16 @@ class SyncDelta(BaseModel):
     receipt: ReceiptEvent | None = Field(None, description="For every joined member.")
     private: dict[str, ReceiptEvent] | None = Field(None, description="For each owner only.")
     account_data: dict[str, FullyReadEvent] | None = Field(None, description="For each owner.")
+    removed: list[RemovedSlot] | None = Field(
+        None,
+        description="Public m.read slots removed from the table (a room purge or a user "
+        "erasure): for every joined member.",
+    )
+    removed_private: dict[str, list[RemovedOwnSlot]] | None = Field(
+        None,
+        description="Each owner's own m.read.private and m.fully_read slots removed: for "
+        "that owner only.",
+    )
 
 
 class DlqError(BaseModel):

@@ -9,8 +9,11 @@ before them is durable (a held receipt is only forgotten once its outcome is saf
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
+
+import orjson
 
 from receipt_streams.core.dlq import DlqBounds, Source, dlq_record, edu_dlq_records
 from receipt_streams.core.federation import RemoteReceipt, outbox_record, split_edu
@@ -28,6 +31,7 @@ from receipt_streams.core.fold import Outcome, fold
 from receipt_streams.core.ids import server_of
 from receipt_streams.core.membership import apply_membership
 from receipt_streams.core.models import (
+    AdminCommand,
     ClientReceipt,
     FederationReceipts,
     MembershipChange,
@@ -80,7 +84,24 @@ class Held(NamedTuple):
     waiting_for: str
 
 
-Effect = SendDlq | Folded | HeldRemoval | Held | Emit
+class Removed(NamedTuple):
+    """What an admin command removed on one partition: table slots (each a tombstone on the
+    receipts changelog), room-state keys and held receipts; `keys` are the slots, for the
+    outputs keyed by them (a feed that must forget them too)."""
+
+    command: str
+    target: str  # the room or the user
+    receipts: int
+    state: int
+    held: int
+    keys: tuple[ReceiptKey, ...] = ()
+
+    def summary(self) -> dict[str, Any]:
+        """For the log line: the counts, not the keys."""
+        return {f: getattr(self, f) for f in self._fields if f != "keys"}
+
+
+Effect = SendDlq | Folded | HeldRemoval | Held | Emit | Removed
 
 FEDERATION_IN, FEDERATION_OUT = "federation_in", "federation_out"
 READ_POSITIONS, HISTORY = "read_positions", "history"
@@ -121,11 +142,22 @@ def record_id(entry: dict[str, Any]) -> RecordId:
 
 
 class Processor:
-    def __init__(self, receipts: Store, state: Store, held: Store, limits: Limits) -> None:
+    def __init__(
+        self,
+        receipts: Store,
+        state: Store,
+        held: Store,
+        limits: Limits,
+        room_partition: Callable[[str], int] | None = None,
+    ) -> None:
         self.receipts = ReceiptsTable(receipts)
         self.state = RoomState(state)
         self.held = HeldReceipts(held)
         self.limits = limits
+        # Where one store serves several partitions (Faust tables), the partition a room's
+        # records go to: an erasure must touch only the rooms of the partition it runs on
+        # (their tombstones go to that changelog partition). None: one store, one partition.
+        self.room_partition = room_partition
 
     def reject(self, src: Source, rejection: Rejection, now_ms: int) -> SendDlq:
         return SendDlq(
@@ -233,6 +265,81 @@ class Processor:
         event = self.state.event(remote.room_id, remote.event_id)
         receipt = remote.receipt(event.stream_pos if event else None)
         return self._fold(remote.key, receipt, "federation")
+
+    def admin(self, src: Source, now_ms: int) -> list[Effect]:
+        """An operator's command: `purge_room` (keyed by the room) or `erase_user` (keyed by
+        the user; it concerns every room, so one copy is written to every partition and each
+        copy clears that partition's rooms). Removals are table deletes, which the engines
+        write as tombstones on the changelogs."""
+        cmd = parse_payload(AdminCommand, src.value, self.limits.max_record_bytes)
+        if isinstance(cmd, Rejection):
+            return [self.reject(src, cmd, now_ms)]
+        target = cmd.room_id if cmd.command == "purge_room" else cmd.user_id
+        other = cmd.user_id if cmd.command == "purge_room" else cmd.room_id
+        if target is None or other is not None:
+            field = "room_id" if cmd.command == "purge_room" else "user_id"
+            why = f"{cmd.command} takes {field} alone"
+            return [self.reject(src, Rejection(Reason.BAD_SHAPE, why), now_ms)]
+        if src.key is None or src.key != target.encode():
+            shown = src.key.decode("utf-8", "replace") if src.key is not None else None
+            why = f"record key {shown!r} is not the command's target {target!r}"
+            return [self.reject(src, Rejection(Reason.KEY_MISMATCH, why), now_ms)]
+        if cmd.command == "purge_room":
+            if self.room_partition is not None and self.room_partition(target) != src.partition:
+                why = f"{target} belongs to partition {self.room_partition(target)}"
+                return [self.reject(src, Rejection(Reason.KEY_MISMATCH, why), now_ms)]
+            removed = self._purge_room(target)
+        else:
+            removed = self._erase_user(target, src.partition)
+        return [removed, *self._forget_positions(removed.keys)]
+
+    def _forget_positions(self, slots: tuple[ReceiptKey, ...]) -> list[Effect]:
+        """Read-position tombstones for removed slots, so the compacted feed forgets them."""
+        if not self.limits.feeds.read_positions:
+            return []
+        positions = {
+            PositionKey.of(key)
+            for key in slots
+            if merged_partner(key) is not None and self._local(key.user_id)
+        }
+        return [self.read_position(key, None) for key in sorted(positions, key=PositionKey.encode)]
+
+    def _purge_room(self, room_id: str) -> Removed:
+        slots = self.receipts.room_keys(room_id)
+        for raw in slots:
+            self.receipts.delete(raw)
+        state = self.state.room_keys(room_id)
+        for raw in state:
+            del self.state.store[raw]
+        held = 0
+        for key in self.held.room_keys(room_id):
+            entries = self.held.get(key)
+            held += len(entries)
+            self.held.remove(key, frozenset(map(record_id, entries)))
+        keys = tuple(map(ReceiptKey.decode, slots))
+        return Removed("purge_room", room_id, len(slots), len(state), held, keys)
+
+    def _erase_user(self, user_id: str, partition: int) -> Removed:
+        def here(room_id: str) -> bool:
+            return self.room_partition is None or self.room_partition(room_id) == partition
+
+        slots = [raw for raw in self.receipts.user_keys(user_id) if here(orjson.loads(raw)[0])]
+        for raw in slots:
+            self.receipts.delete(raw)
+        held = 0
+        for key, entries in list(self.held.items()):
+            theirs = [
+                e
+                for e in entries
+                if e["partition"] == partition
+                and orjson.loads(e["value"]).get("user_id") == user_id
+            ]
+            if theirs:
+                held += len(theirs)
+                self.held.remove(key, frozenset(map(record_id, theirs)))
+        return Removed(
+            "erase_user", user_id, len(slots), 0, held, tuple(map(ReceiptKey.decode, slots))
+        )
 
     def tick(self, partition: int, now_ms: int) -> list[Effect]:
         """The grace-period sweep for one partition: expired held receipts get a last check."""

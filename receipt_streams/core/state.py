@@ -23,6 +23,21 @@ def _key(*parts: str) -> bytes:
     return orjson.dumps(parts)
 
 
+def _prefix(*parts: str) -> bytes:
+    """What every key whose array starts with `parts` (and goes on) starts with."""
+    return orjson.dumps(parts)[:-1] + b","
+
+
+def keys_with_prefix(store: Store, prefix: bytes) -> list[bytes]:
+    """The keys of `store` that start with `prefix`: a RocksDB seek where the store offers
+    one (`prefix_keys`: the batch engine's stores and overlays), else a scan (dicts, Faust
+    tables)."""
+    seek = getattr(store, "prefix_keys", None)
+    if seek is not None:
+        return list(seek(prefix))
+    return [key for key in list(store.keys()) if key.startswith(prefix)]
+
+
 class RoomState:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -48,6 +63,13 @@ class RoomState:
 
     def put_servers(self, room_id: str, s: RoomServers) -> None:
         self.store[_key("s", room_id)] = orjson.dumps({"counts": s.counts, "last": s.last})
+
+    def room_keys(self, room_id: str) -> list[bytes]:
+        """Every key of the room: its members, its server counts, its event index."""
+        keys = keys_with_prefix(self.store, _prefix("m", room_id))
+        if self.store.get(servers := _key("s", room_id)) is not None:
+            keys.append(servers)
+        return keys + keys_with_prefix(self.store, _prefix("e", room_id))
 
     def event(self, room_id: str, event_id: str) -> EventInfo | None:
         raw = self.store.get(_key("e", room_id, event_id))
@@ -139,6 +161,9 @@ class HeldReceipts:
             self._adjust(entries[0]["partition"], -self.size(key))
             del self.store[key]
 
+    def room_keys(self, room_id: str) -> list[bytes]:
+        return keys_with_prefix(self.store, _prefix(room_id))
+
     def items(self, partition: int | None = None) -> Iterator[tuple[bytes, list[dict[str, Any]]]]:
         """Every held list; with `partition`, a full pass also counts that partition's bytes."""
         total = 0
@@ -163,6 +188,23 @@ class ReceiptsTable:
 
     def put(self, key: ReceiptKey, value: Receipt) -> None:
         self.store[key.encode()] = value.encode()
+
+    def delete(self, raw_key: bytes) -> None:
+        """Remove a slot: a tombstone (null value) on the changelog."""
+        del self.store[raw_key]
+
+    def room_keys(self, room_id: str) -> list[bytes]:
+        """The room's slots (encoded keys): one seek, keys are led by the room."""
+        return keys_with_prefix(self.store, _prefix(room_id))
+
+    def user_keys(self, user_id: str) -> Iterator[bytes]:
+        """The user's slots in every room of this store: one pass over its keys (the user
+        is the key's second element, so no seek finds them). Lazy, so that memory holds the
+        matches only: consume it before writing to the store."""
+        needle = orjson.dumps(user_id)
+        for raw in self.store.keys():  # noqa: SIM118 (an Overlay reads no values here)
+            if needle in raw and ReceiptKey.decode(raw).user_id == user_id:
+                yield raw
 
     def items(self) -> Iterator[tuple[ReceiptKey, Receipt]]:
         for k, v in list(self.store.items()):

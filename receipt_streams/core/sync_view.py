@@ -81,6 +81,8 @@ class SyncIndex:
         slots.pop(key, None)  # re-inserted last: a room's slots stay in changelog order
         if value is not None:
             slots[key] = _Slot(partition, offset, value)
+        elif not slots:
+            del self.rooms[key.room_id]  # a purged room leaves nothing behind
         self.receipt_next[partition] = max(self.receipt_next[partition], offset + 1)
 
     def apply_membership(

@@ -54,6 +54,30 @@ def _cmd_demo_seed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from receipt_streams.ops.export import export, render
+    from receipt_streams.ops.output import CtlError, print_json, report_error
+    from receipt_streams.ops.timespec import parse_time_ms
+
+    try:
+        since = parse_time_ms(args.since) if args.since else None
+        until = parse_time_ms(args.until) if args.until else None
+    except ValueError as exc:
+        return report_error(CtlError(str(exc)), args.json)
+    out = Path(args.out)
+    try:
+        manifest = export(Settings(), out, since, until, args.quiet, history=not args.no_history)
+    except CtlError as err:
+        return report_error(err, args.json)
+    if args.json:
+        print_json(manifest)
+    else:
+        print(render(manifest, out))
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from receipt_streams.entrypoints.bench import run_bench
 
@@ -88,6 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a demo room's membership and events to the input "
         "topics (what a homeserver would)",
     ).set_defaults(func=_cmd_demo_seed)
+    export = sub.add_parser(
+        "export",
+        help="write the receipts table and the history feed (a time range) to Parquet "
+        "(see README, Analytics)",
+    )
+    export.add_argument("--out", default="export", help="folder (default: export)")
+    export.add_argument("--since", metavar="TIME", help="history: receipts with ts at or after")
+    export.add_argument("--until", metavar="TIME", help="history: receipts with ts before")
+    export.add_argument("--no-history", action="store_true", help="the table only")
+    export.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    export.add_argument("--quiet", action="store_true", help="no progress bars")
+    export.set_defaults(func=_cmd_export)
     bench = sub.add_parser(
         "bench",
         help="measure the pipeline beside the broker's ceiling "

@@ -60,6 +60,12 @@ def all_schemas() -> dict[str, dict[str, Any]]:
             s.topic_dlq,
             "A rejected input record with its raw bytes (key: source topic).",
         ),
+        f"{s.topic_admin}.json": _schema(
+            models.AdminCommand,
+            s.topic_admin,
+            "An operator's command (compacted): purge_room keyed by room_id; erase_user "
+            "keyed by user_id, one copy per partition.",
+        ),
         "internal.federation-in.json": _schema(
             models.FederationEntry,
             f"{s.topic_federation_in}",

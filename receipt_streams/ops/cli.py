@@ -18,7 +18,8 @@ from receipt_streams.ops.output import CtlError, print_json, report_error, table
 def add_ctl(sub: Any) -> None:
     ctl = sub.add_parser(
         "ctl",
-        help="operate a deployment: status, reset, rebuild, diff, dlq, inspect "
+        help="operate a deployment: status, reset, rebuild, diff, dlq, inspect, purge-room, "
+        "erase-user "
         "(see README, Operating)",
     )
     ctl.set_defaults(func=run)
@@ -90,6 +91,13 @@ def add_ctl(sub: Any) -> None:
     dlq.add_argument("--limit", type=int, default=50, help="list: most records shown (0: all)")
     dlq.add_argument("--all", action="store_true", help="redrive: every record (no filter)")
     dlq.add_argument("--dry-run", action="store_true", help="redrive: list what would go")
+
+    purge = cmd("purge-room", "remove a room's receipts, room state and held receipts")
+    purge.add_argument("room_id")
+    purge.add_argument("--reason", help="free text kept with the command (audit)")
+    erase = cmd("erase-user", "remove a user's receipts in every room (one copy per partition)")
+    erase.add_argument("user_id")
+    erase.add_argument("--reason", help="free text kept with the command (audit)")
 
     inspect = cmd("inspect", "current receipts of a room, a user or an event, from the table")
     inspect.add_argument("--room")
@@ -298,7 +306,25 @@ async def _inspect(args: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
+async def _purge_room(args: argparse.Namespace, s: Settings) -> int:
+    from receipt_streams.ops import admin
+
+    result = await admin.send_command(s, "purge_room", args.room_id, args.reason)
+    _out(args, result, admin.render(result))
+    return 0
+
+
+async def _erase_user(args: argparse.Namespace, s: Settings) -> int:
+    from receipt_streams.ops import admin
+
+    result = await admin.send_command(s, "erase_user", args.user_id, args.reason)
+    _out(args, result, admin.render(result))
+    return 0
+
+
 HANDLERS: dict[str, Callable[[argparse.Namespace, Settings], Awaitable[int]]] = {
+    "purge-room": _purge_room,
+    "erase-user": _erase_user,
     "status": _status,
     "reset": _reset,
     "rebuild": _rebuild,

@@ -23,5 +23,6 @@ def app_groups(s: Settings) -> dict[str, list[str]]:
 def reset_inputs(s: Settings) -> list[str]:
     """What `reset` moves: the fold's external inputs. Not the ticks (wall-clock beats, an
     hour of retention: replaying them means nothing) and not the internal federation-in
-    topic (a replayed EDU is split into it again and read from where the fold is)."""
-    return [s.topic_client, s.topic_membership, s.topic_events, s.topic_federation]
+    topic (a replayed EDU is split into it again and read from where the fold is). The admin
+    topic is: a replay that skipped a purge or an erasure would bring its receipts back."""
+    return [s.topic_client, s.topic_membership, s.topic_events, s.topic_federation, s.topic_admin]

@@ -15,7 +15,7 @@ from receipt_streams.core.receipts import Receipt, ReceiptKey, client_data
 from tests.support.spec import receipt_event_errors, validate_receipt_event
 
 ROOM = "!r:hs1"
-A, B = "@a:hs1", "@b:hs2"
+A, B, C = "@a:hs1", "@b:hs2", "@c:hs1"
 
 
 def k(
@@ -58,7 +58,54 @@ def test_spec_helper_rejects_bad_events() -> None:
 def test_empty_batch_is_no_delta() -> None:
     assert build_delta(ROOM, 1, 2, []) is None
     assert plan_deltas([], 5) == []
-    assert plan_deltas([(0, k(A).encode(), None)], 5) == []  # tombstones show nothing
+
+
+def test_tombstones_are_removals_public_for_all_private_for_the_owner() -> None:
+    """A purge or an erasure: removed slots reach a consumer's view, private ones only in
+    their owner's part of the delta, and the view then equals the table's."""
+    private, fully = k(B, "m.read.private"), k(B, "m.fully_read")
+    threaded = k(A, thread="main")
+    log = [
+        (0, k(A).encode(), v("$e", 1).encode()),
+        (1, threaded.encode(), Receipt("$e", 1, 1, {"ts": 1, "thread_id": "main"}).encode()),
+        (2, private.encode(), v("$p", 2).encode()),
+        (3, fully.encode(), v("$f", 3).encode()),
+        (4, k(B).encode(), v("$b", 4).encode()),
+    ]
+    view: dict = {}
+    for delta in plan_deltas(log, 0):
+        apply_delta(view, delta)
+    tombstones = [
+        (5 + i, key.encode(), None) for i, key in enumerate((k(A), threaded, private, fully))
+    ]
+    [delta] = plan_deltas(tombstones, 9)
+    SyncDelta.model_validate(delta)
+    assert delta == {
+        "room_id": ROOM,
+        "seq": 8,
+        "ts": 9,
+        "removed": [
+            {"user_id": A, "receipt_type": "m.read", "thread_id": None},
+            {"user_id": A, "receipt_type": "m.read", "thread_id": "main"},
+        ],
+        "removed_private": {
+            B: [
+                {"receipt_type": "m.read.private", "thread_id": None},
+                {"receipt_type": "m.fully_read", "thread_id": None},
+            ]
+        },
+    }
+    apply_delta(view, delta)
+    assert view == table_view([(k(B), v("$b", 4))])
+    apply_delta(view, delta)  # redelivered: nothing changes
+    assert view == table_view([(k(B), v("$b", 4))])
+    # Set then removed within one window: only the removal; removed then set: only the set.
+    [delta] = plan_deltas([(10, k(C).encode(), v("$c", 1).encode()), (11, k(C).encode(), None)], 0)
+    assert "receipt" not in delta and delta["removed"][0]["user_id"] == C
+    [delta] = plan_deltas([(12, k(C).encode(), None), (13, k(C).encode(), v("$c", 1).encode())], 0)
+    assert "removed" not in delta and delta["receipt"]["content"] == {
+        "$c": {"m.read": {C: {"ts": 1}}}
+    }
 
 
 def test_public_receipt_only() -> None:
@@ -216,12 +263,13 @@ def test_plan_deltas_one_per_room_with_max_offset_as_seq() -> None:
         (10, k(A).encode(), v("$e1", 1).encode()),
         (11, k(A, room=other).encode(), v("$x", 2).encode()),
         (12, k(B).encode(), v("$e1", 3).encode()),
-        (13, k(B, room=other).encode(), None),  # tombstone: skipped, seq unaffected
+        (13, k(B, room=other).encode(), None),  # tombstone: a removal, in the seq
         (14, k(A).encode(), v("$e2", 4).encode()),
     ]
     deltas = {d["room_id"]: d for d in plan_deltas(records, now_ms=777)}
     assert set(deltas) == {ROOM, other}
-    assert deltas[ROOM]["seq"] == 14 and deltas[other]["seq"] == 11
+    assert deltas[ROOM]["seq"] == 14 and deltas[other]["seq"] == 13
+    assert deltas[other]["removed"] == [{"user_id": B, "receipt_type": "m.read", "thread_id": None}]
     assert all(d["ts"] == 777 for d in deltas.values())
     assert deltas[ROOM]["receipt"]["content"] == {
         "$e1": {"m.read": {B: {"ts": 3}}},

@@ -582,3 +582,39 @@ def test_initial_at_end_equals_initial_at_token_plus_incremental(ops: list, data
     assert partial.index.token().encode() == next_batch
     assert partial.index.sync(ME, None) == full
     assert partial.index.sync(ME, token) == incremental
+
+
+def test_a_purge_and_an_erasure_are_forgotten_by_every_sync() -> None:
+    """The tombstones of a room purge (every slot, then the room's memberships) and of a
+    user erasure: no initial sync shows them again, no incremental sync re-sends anything,
+    other rooms and users are untouched, and a restart rebuilds the same view."""
+    f = Feed()
+    for room in (R1, R2):
+        for user in (ME, A, B):
+            f.member(room, user, "join")
+        f.receipt(key(room, A), val("$a"))
+        f.receipt(key(room, B), val("$b"))
+        f.receipt(key(room, ME, "m.read.private"), val("$p"))
+        f.receipt(key(room, ME, "m.fully_read"), val("$f"))
+    before = f.index.token().encode()
+    for user in (A, B):  # purge R1
+        f.receipt(key(R1, user), None)
+    f.receipt(key(R1, ME, "m.read.private"), None)
+    f.receipt(key(R1, ME, "m.fully_read"), None)
+    for user in (ME, A, B):
+        f.member(R1, user, None)
+    f.receipt(key(R2, B), None)  # erase B
+    for user in (ME, A):
+        assert R1 not in f.sync(user)
+        assert f.sync(user, before) == {}
+    assert receipt_content(f.sync(A)[R2]) == {"$a": {"m.read": {A: {"ts": 1}}}}
+    assert receipt_content(f.sync(ME)[R2]) == {
+        "$a": {"m.read": {A: {"ts": 1}}},
+        "$p": {"m.read.private": {ME: {"ts": 1}}},
+    }
+    assert f.index.room_receipts(R1) == [] and R1 not in f.index.rooms
+    assert f.replay().sync(ME) == f.sync(ME)
+    # The room starts afresh: a new receipt after new joins is shown as usual.
+    f.member(R1, ME, "join")
+    f.receipt(key(R1, A), val("$new"))
+    assert receipt_content(f.sync(ME)[R1]) == {"$new": {"m.read": {A: {"ts": 1}}}}

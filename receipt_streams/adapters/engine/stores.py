@@ -88,6 +88,13 @@ class TableStore(ABC):
     @abstractmethod
     def items(self) -> Iterator[tuple[bytes, bytes]]: ...
 
+    def keys(self) -> Iterator[bytes]:
+        return (key for key, _ in self.items())
+
+    def prefix_keys(self, prefix: bytes) -> Iterator[bytes]:
+        """Keys starting with `prefix` (a room's, for a purge), in key order."""
+        return iter(sorted(k for k, _ in self.items() if k.startswith(prefix)))
+
     @abstractmethod
     def apply(self, writes: Writes, offset: int | None) -> None:
         """Write a batch atomically; `offset` is the last changelog offset it covers."""
@@ -186,6 +193,19 @@ class RocksStore(TableStore):
         for key, value in self.db.items():
             if key != _OFFSET_KEY:
                 yield key, value
+
+    def keys(self) -> Iterator[bytes]:
+        """Every key, values unread (a user erasure's pass)."""
+        for key in self.db.keys():  # noqa: SIM118 (a RocksDB iterator)
+            if key != _OFFSET_KEY:
+                yield key
+
+    def prefix_keys(self, prefix: bytes) -> Iterator[bytes]:
+        """One seek, then the keys in order while they share the prefix."""
+        for key in self.db.keys(from_key=prefix):
+            if not key.startswith(prefix):
+                return
+            yield key
 
     def apply(self, writes: Writes, offset: int | None) -> None:
         batch = WriteBatch(raw_mode=True)
@@ -286,6 +306,32 @@ class Overlay(MutableMapping[bytes, bytes]):
 
     def __iter__(self) -> Iterator[bytes]:
         return (key for key, _ in self.items())
+
+    def keys(self) -> Iterator[bytes]:  # type: ignore[override]
+        """Every key, values unread: the store's less those the batches deleted, plus those
+        they wrote."""
+        newer: dict[bytes, bytes | None] = {}
+        for layer in (*self.sealed, self.pending):
+            newer.update(layer)
+        for key in self.store.keys():  # noqa: SIM118 (a TableStore is not iterable)
+            if key not in newer:
+                yield key
+        for key, value in newer.items():
+            if value is not None:
+                yield key
+
+    def prefix_keys(self, prefix: bytes) -> Iterator[bytes]:
+        """The store's keys with `prefix` (a seek), less those the batches deleted, plus
+        those they wrote."""
+        newer: dict[bytes, bytes | None] = {}
+        for layer in (*self.sealed, self.pending):
+            newer.update(layer)
+        for key in self.store.prefix_keys(prefix):
+            if key not in newer:
+                yield key
+        for key, value in newer.items():
+            if value is not None and key.startswith(prefix):
+                yield key
 
     def __len__(self) -> int:
         return sum(1 for _ in self.items())

@@ -22,6 +22,7 @@ from receipt_streams.adapters.clock import now_ms
 from receipt_streams.adapters.effects import Output, Router, Tally, limits_of
 from receipt_streams.adapters.relays.deltas import DeltaRelay
 from receipt_streams.adapters.relays.edus import EduRelay
+from receipt_streams.adapters.sending import partition_of
 from receipt_streams.config import Settings
 from receipt_streams.core.processor import (
     FEDERATION_IN,
@@ -70,7 +71,15 @@ def create_app(s: Settings) -> faust.App:
         name: app.Table(name, partitions=n, key_type=bytes, value_type=bytes)
         for name in ("receipts", "room_state", "held")
     }
-    processor = Processor(tables["receipts"], tables["room_state"], tables["held"], limits_of(s))
+    # One Faust table serves every partition of the worker: an erasure must keep to the
+    # rooms of the partition its copy is on (the producers' partitioner: murmur2 of room_id).
+    processor = Processor(
+        tables["receipts"],
+        tables["room_state"],
+        tables["held"],
+        limits_of(s),
+        room_partition=lambda room_id: partition_of(room_id.encode(), n),
+    )
     router = Router(processor, s)
     topics = {
         s.topic_dlq: dlq,
