@@ -18,6 +18,7 @@ from receipt_streams.bench.scenarios import (
     bench_latency,
     bench_recovery,
 )
+from receipt_streams.bench.summary import shown, summarize
 from receipt_streams.config import Settings
 
 
@@ -42,13 +43,16 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     runs["memory"] = lambda: bench_memory(
         b, args.keys, relays_apart=not args.relays_inline, users_per_room=args.users_per_room
     )
-    results = {}
+    results: dict[str, Any] = {}
+    per_job: dict[str, list[dict[str, Any]]] = {}
+    # Run after run, each guarantee in turn: both see the same drift of the machine.
     jobs = [
-        (name, guarantee)
+        (run, name, guarantee)
         for name in chosen
+        for run in range(1, args.runs + 1)
         for guarantee in (guarantees if name in ("fold", "latency") else guarantees[:1])
     ]
-    for name, guarantee in jobs:
+    for run, name, guarantee in jobs:
         b.guarantee = guarantee
         started = time.time()
         result = await runs[name]()
@@ -60,12 +64,22 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             "python": platform.python_version(),
         }
         result["started_at"] = started
-        results[name] = result
+        per_job.setdefault(name, []).append(result)
+        label = f"{name}-run{run}" if args.runs > 1 else name
+        results[label] = result
         print_table(
-            f"bench {name}",
+            f"bench {label}",
             _rows({k: v for k, v in result.items() if k not in ("machine", "started_at")}),
         )
-        print(f"-> {write_result(Path(args.out), name, result)}")
+        print(f"-> {write_result(Path(args.out), label, result)}")
+    if args.runs > 1:
+        for name, done in per_job.items():
+            summary = summarize(
+                [{k: v for k, v in r.items() if k not in ("machine", "started_at")} for r in done]
+            )
+            results[f"{name}-summary"] = summary
+            print_table(f"bench {name}: median (min-max) of {len(done)} runs", shown(summary))
+            print(f"-> {write_result(Path(args.out), f'{name}-summary', summary)}")
     return results
 
 

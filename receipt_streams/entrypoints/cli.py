@@ -160,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="both",
         help="fold and latency: the workers' processing guarantee (both: one run of each)",
     )
+    bench.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="runs of each scenario (and guarantee, in turn); with more than one, a summary of "
+        "the median and range of every figure",
+    )
     bench.add_argument("--seed", type=int, default=1)
     bench.add_argument("--out", default="bench-results", help="folder for the JSON results")
     bench.set_defaults(func=_cmd_bench)
