@@ -207,13 +207,21 @@ def test_ctl_against_a_two_worker_fleet(
             else:
                 assert m["new"] == (m["current"] or 0)  # membership and events were before
         code, text = ctl(s, "reset", "--to-datetime", str(replay_from), "--dry-run", as_json=False)
-        assert "lists 2 member(s)" in text and "dry run: nothing was moved" in text, text
+        assert "lists 2 member(s)" in text and "stop them before applying" in text, text
+        assert "dry run: nothing was moved" in text, text
         code, refused = ctl(s, "reset", "--to-datetime", str(replay_from))
         assert code == 2 and "2 active member(s)" in refused["error"], refused
         assert "stop the workers first" in refused["hint"]
         for m in fold(ctl, s)["members"]:
             assert f"{m['client_id']}@{m['host']}" in refused["error"]
         assert committed() == was  # nothing moved
+        # --force with live members: the broker refuses commits from outside a live group;
+        # ctl retries for twice the session timeout (2 s here, its own setting), then says so.
+        quick = s.model_copy(update={"session_timeout_s": 2.0})
+        code, refused = ctl(quick, "reset", "--to-datetime", str(replay_from), "--force")
+        assert code == 2 and "refused the commit" in refused["error"], refused
+        assert "stop every worker of this app" in refused["hint"]
+        assert committed() == was
 
         # --force after the workers died: it waits for their sessions to expire, then moves.
         w1.kill()
