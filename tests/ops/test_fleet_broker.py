@@ -1,4 +1,4 @@
-"""`ctl` against a running two-worker fleet on the real broker (4 partitions, a short
+"""`ctl` against a running two-worker fleet on the real broker (4 partitions, a 10 s
 session): status lists both members with their assignments, per-partition lag and owner, and
 each worker's readiness (a paused worker shows its lag and is not ready); inspect answers from
 the table; dlq list/count/show see the refusals of both workers; reset plans with members
@@ -70,7 +70,7 @@ def test_ctl_against_a_two_worker_fleet(
     kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     ctl = Ctl(monkeypatch, capsys)
-    s = worker_settings(kafka_bootstrap, tmp_path, partitions=PARTITIONS, session_timeout_s=8.0)
+    s = worker_settings(kafka_bootstrap, tmp_path, partitions=PARTITIONS, session_timeout_s=10.0)
     fleet = Fleet(s, tmp_path)
     by_partition = rooms_by_partition(2)
     rooms = {r: Room(s, r) for ids in by_partition.values() for r in ids}
