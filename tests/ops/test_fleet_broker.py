@@ -2,8 +2,9 @@
 session): status lists both members with their assignments, per-partition lag and owner, and
 each worker's readiness (a paused worker shows its lag and is not ready); inspect answers from
 the table; dlq list/count/show see the refusals of both workers; reset plans with members
-present, refuses without --force, and with --force after the workers died replays from a
-datetime to the same table once they are back."""
+present, refuses without --force (and with it while they live), and with --force after the
+workers died replays from a datetime to the same table once they are back; rebuild --into a
+second app gives an empty diff; the refusals re-driven after their users joined fold, once."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.broker
 PARTITIONS = 4
 USERS = ("@a:hs1", "@b:hs1", "@c:hs1")
 EVENTS = 12
+STRANGER = "@stranger:hs1"  # never joined: refused as not_joined
 
 
 def rooms_by_partition(per_partition: int) -> dict[int, list[str]]:
@@ -95,7 +97,7 @@ def test_ctl_against_a_two_worker_fleet(
             expected[(room_id, USERS[0], "m.read.private", None)] = f"$e{last}"
             for user in USERS:
                 expected[(room_id, user, "m.read", None)] = f"$e{EVENTS}"
-            receipts.append(room.receipt("@stranger:hs1", "m.read", "$e1", 1))  # not joined
+            receipts.append(room.receipt(STRANGER, "m.read", "$e1", 1))  # not joined
         receipts.append((s.topic_client, b"!fleet0:hs1", b"not json"))
         asyncio.run(produce(kafka_bootstrap, receipts))
 
@@ -181,7 +183,7 @@ def test_ctl_against_a_two_worker_fleet(
         sources = {int(r["source"].split(":")[1]) for r in listed["records"]}
         assert sources == set(range(PARTITIONS))  # refused by both workers
         code, shown = ctl(s, "dlq", "show", listed["records"][0]["id"])
-        assert code == 0 and shown["value_decoded"]["user_id"] == "@stranger:hs1"
+        assert code == 0 and shown["value_decoded"]["user_id"] == STRANGER
         assert shown["redriven"] is None
         code, limited = ctl(s, "dlq", "list", "--limit", "3")
         assert limited["total"] == len(rooms) + 1 and len(limited["records"]) == 3
@@ -242,5 +244,36 @@ def test_ctl_against_a_two_worker_fleet(
         asyncio.run(fleet.ready(*back))
         wait_until(lambda: settled(ctl, s, urls), "the replay folded", timeout=90)
         assert table(s) == before
+
+        # --- rebuild a second version from the inputs, beside the fleet: the same table --------
+        app2 = f"{s.app_id}-v2"
+        code, built = ctl(
+            s, "rebuild", "--into", app2, "--data-dir", str(tmp_path / "v2"), "--diff",
+            "--timeout", "90",
+        )  # fmt: skip
+        assert code == 0 and built["diff"]["differences"] == [], built
+        assert built["diff"]["right_keys"] == len(expected)
+
+        # --- re-drive once the strangers joined: they fold, and a second re-drive sends none --
+        refused = 2 * len(rooms)  # the replay refused them again
+        wait_until(
+            lambda: ctl(s, "dlq", "count")[1]["by_reason"].get("not_joined") == refused,
+            "the replayed refusals",
+        )
+        asyncio.run(produce(kafka_bootstrap, [r.member(STRANGER) for r in rooms.values()]))
+        code, dry = ctl(s, "dlq", "redrive", "--reason", "not_joined", "--dry-run")
+        assert code == 0 and dry["sent"] == [] and len(dry["decisions"]) == refused
+        assert all(d["send"] for d in dry["decisions"])
+        code, done = ctl(s, "dlq", "redrive", "--reason", "not_joined")
+        assert code == 0 and len(done["sent"]) == refused
+        joined = {(r, STRANGER, "m.read", None): "$e1" for r in rooms}
+
+        def refolded() -> bool:
+            return {k: v["event_id"] for k, v in table(s).items()} == expected | joined
+
+        wait_until(refolded, "the re-driven receipts folded")
+        code, again = ctl(s, "dlq", "redrive", "--reason", "not_joined")
+        assert code == 0 and again["sent"] == []
+        assert {d["why"] for d in again["decisions"]} == {"already re-driven"}
     finally:
         fleet.stop_all()
