@@ -17,7 +17,7 @@ def member_client_id(s: Settings, role: str) -> str:
 
 
 def web_port_of(client_id: str) -> int | None:
-    """The web port a member's client id names; None for a client id of another form (the
-    Faust engine's, or an older worker's)."""
+    """The web port a member's client id names; None for a client id of another form (an
+    older worker's, or a client that is not a worker)."""
     found = _PORT.search(client_id)
     return int(found.group(1)) if found else None
