@@ -160,7 +160,9 @@ async def _reset(args: argparse.Namespace, s: Settings) -> int:
     data["wiped"] = wiped
     text = reset.render_plan(moves, target)
     if group.members:
-        text += f"\nnote: group {group.group_id!r} lists {len(group.members)} member(s)."
+        who = ", ".join(sorted(f"{m.client_id}@{m.host}" for m in group.members))
+        text += f"\nnote: group {group.group_id!r} lists {len(group.members)} member(s) ({who})"
+        text += ": stop them before applying." if args.dry_run else "."
     if args.dry_run:
         text += "\ndry run: nothing was moved."
     else:

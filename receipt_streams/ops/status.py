@@ -11,9 +11,10 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 
+from receipt_streams.adapters.client_ids import web_port_of
 from receipt_streams.config import Settings
 from receipt_streams.ops import kafka
-from receipt_streams.ops.groups import app_groups, fold_group
+from receipt_streams.ops.groups import app_groups
 from receipt_streams.ops.output import table
 
 
@@ -43,11 +44,26 @@ def lag_rows(
     return rows
 
 
-def worker_urls(s: Settings, explicit: list[str], hosts: list[str]) -> list[str]:
-    """--worker URLs, else one per fold member's host on RECEIPT_STREAMS_WEB_PORT."""
+def member_url(s: Settings, host: str, client_id: str) -> str:
+    """Where a member answers HTTP: its host as the broker saw it, on the web port its
+    client id names (RECEIPT_STREAMS_WEB_PORT when it names none)."""
+    port = web_port_of(client_id) or s.web_port
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def worker_urls(
+    s: Settings, explicit: list[str], members: list[tuple[str, str, str]]
+) -> dict[str, list[str]]:
+    """URL -> the groups found there: the --worker URLs given, else one per distinct member
+    address, from (group, host, client id) of every member of the app's groups."""
     if explicit:
-        return [u.rstrip("/") for u in explicit]
-    return [f"http://{h}:{s.web_port}" for h in sorted(set(hosts))]
+        return {u.rstrip("/"): [] for u in explicit}
+    urls: dict[str, list[str]] = {}
+    for group, host, client_id in members:
+        found = urls.setdefault(member_url(s, host, client_id), [])
+        if group not in found:
+            found.append(group)
+    return dict(sorted(urls.items()))
 
 
 def _readyz(url: str) -> dict[str, Any]:
@@ -94,17 +110,21 @@ async def gather_status(s: Settings, workers: list[str]) -> dict[str, Any]:
                         "member_id": m.member_id,
                         "client_id": m.client_id,
                         "host": m.host,
+                        "url": member_url(s, m.host, m.client_id),
                         "assignment": [f"{tp.topic}:{tp.partition}" for tp in m.assignment],
                     }
                     for m in g.members
                 ],
                 "lag": sum(r["lag"] for r in rows),
+                # The ticks are wall-clock beats, a few always in flight: not work to do.
+                "inputs_lag": sum(r["lag"] for r in rows if r["topic"] != s.topic_ticks),
                 "partitions": rows,
             }
         )
-    hosts = [m.host for m in groups[fold_group(s)].members]
-    urls = worker_urls(s, workers, hosts)
-    out["workers"] = list(await asyncio.gather(*(asyncio.to_thread(_readyz, u) for u in urls)))
+    members = [(g, m.host, m.client_id) for g in wanted for m in groups[g].members]
+    urls = worker_urls(s, workers, members)
+    probed = await asyncio.gather(*(asyncio.to_thread(_readyz, u) for u in urls))
+    out["workers"] = [{**p, "groups": urls[p["url"]]} for p in probed]
     return out
 
 
@@ -112,12 +132,13 @@ def render(status: dict[str, Any], verbose: bool) -> str:
     lines = [f"app {status['app_id']}"]
     for g in status["groups"]:
         lines.append("")
-        lines.append(
-            f"group {g['group']}: {g['state']}, {len(g['members'])} member(s), total lag {g['lag']}"
-        )
+        head = f"group {g['group']}: {g['state']}, {len(g['members'])} member(s), lag {g['lag']}"
+        if g["inputs_lag"] != g["lag"]:
+            head += f" ({g['inputs_lag']} on the inputs; the rest wall-clock ticks in flight)"
+        lines.append(head)
         for m in g["members"]:
             lines.append(
-                f"  member {m['client_id']} on {m['host']}: {len(m['assignment'])} partitions"
+                f"  member {m['client_id']} at {m['url']}: {len(m['assignment'])} partitions"
             )
         rows = [r for r in g["partitions"] if verbose or r["lag"]]
         if rows:
@@ -137,11 +158,13 @@ def render(status: dict[str, Any], verbose: bool) -> str:
             )
     lines.append("")
     if not status["workers"]:
-        lines.append("workers: none found (no fold member; pass --worker URL to probe one)")
+        lines.append("workers: none found (no group member; pass --worker URL to probe one)")
     for w in status["workers"]:
         state = "ready" if w["ready"] else "NOT READY"
+        groups = f" ({', '.join(w['groups'])})" if w.get("groups") else ""
         extra = w.get("detail") or w.get("error") or ""
         lines.append(
-            f"worker {w['url']}: {state} {orjson.dumps(extra).decode() if extra else ''}".rstrip()
+            f"worker {w['url']}{groups}: {state} "
+            f"{orjson.dumps(extra).decode() if extra else ''}".rstrip()
         )
     return "\n".join(lines)

@@ -5,7 +5,6 @@ and an import from a Synapse-shaped SQLite database ends in the receipts table o
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 
 import orjson
@@ -14,10 +13,11 @@ import pytest
 from receipt_streams.entrypoints.cli import main
 from receipt_streams.migrate.synapse_import import import_synapse
 from receipt_streams.migrate.synapse_rows import ReceiptRow, map_receipts
+from tests.support.synapse import EXPECTED, ROOM, TS
+from tests.support.synapse import sqlite_db as synapse_db
 from tests.support.worker import TopicReader, WorkerProcess, worker_settings
 
-ROOM, OTHER = "!r:hs1", "!o:hs1"
-TS = 1_700_000_000_000
+OTHER = "!o:hs1"
 
 
 def row(
@@ -127,79 +127,6 @@ def test_what_the_fold_would_refuse_is_skipped_and_counted() -> None:
 
 
 # --- a Synapse-shaped database ------------------------------------------------------------
-
-
-def synapse_db(path: Path) -> Path:
-    """The tables and columns of Synapse's schema that the import reads, with a room of two
-    local and one remote user, a thread, a user who left, and a backfilled event."""
-    db = sqlite3.connect(path)
-    db.executescript(
-        """
-        CREATE TABLE receipts_linearized (
-            stream_id BIGINT NOT NULL, room_id TEXT NOT NULL, receipt_type TEXT NOT NULL,
-            user_id TEXT NOT NULL, event_id TEXT NOT NULL, data TEXT NOT NULL,
-            instance_name TEXT, event_stream_ordering BIGINT, thread_id TEXT);
-        CREATE TABLE events (
-            stream_ordering INTEGER PRIMARY KEY, topological_ordering BIGINT NOT NULL,
-            event_id TEXT NOT NULL, type TEXT NOT NULL, room_id TEXT NOT NULL,
-            origin_server_ts BIGINT, sender TEXT, state_key TEXT);
-        CREATE TABLE current_state_events (
-            event_id TEXT NOT NULL, room_id TEXT NOT NULL, type TEXT NOT NULL,
-            state_key TEXT NOT NULL, membership TEXT);
-        CREATE TABLE event_relations (
-            event_id TEXT NOT NULL, relates_to_id TEXT NOT NULL, relation_type TEXT NOT NULL,
-            aggregation_key TEXT);
-        """
-    )
-    members = [("@a:hs1", "join"), ("@b:hs1", "join"), ("@r:hs2", "join"), ("@gone:hs1", "leave")]
-    pos = 0
-    for user, membership in members:
-        pos += 1
-        db.execute(
-            "INSERT INTO events VALUES (?, ?, ?, 'm.room.member', ?, ?, ?, ?)",
-            (pos, pos, f"$m{pos}", ROOM, TS + pos, user, user),
-        )
-        db.execute(
-            "INSERT INTO current_state_events VALUES (?, ?, 'm.room.member', ?, ?)",
-            (f"$m{pos}", ROOM, user, membership),
-        )
-    for event_id in ("$e1", "$e2", "$root", "$t1"):
-        pos += 1
-        db.execute(
-            "INSERT INTO events VALUES (?, ?, ?, 'm.room.message', ?, ?, '@a:hs1', NULL)",
-            (pos, pos, event_id, ROOM, TS + pos),
-        )
-    db.execute(  # backfilled: a negative stream ordering
-        "INSERT INTO events VALUES (-3, 1, '$old', 'm.room.message', ?, ?, '@r:hs2', NULL)",
-        (ROOM, TS),
-    )
-    db.execute("INSERT INTO event_relations VALUES ('$t1', '$root', 'm.thread', NULL)")
-    receipts = [
-        ("@a:hs1", "m.read", "$e2", None),
-        ("@a:hs1", "m.read.private", "$e1", None),
-        ("@b:hs1", "m.read", "$t1", "$root"),
-        ("@b:hs1", "m.read", "$old", None),
-        ("@r:hs2", "m.read", "$e2", None),
-        ("@gone:hs1", "m.read", "$e1", None),
-    ]
-    for stream_id, (user, receipt_type, event_id, thread) in enumerate(receipts, start=1):
-        db.execute(
-            "INSERT INTO receipts_linearized VALUES (?, ?, ?, ?, ?, ?, 'master', NULL, ?)",
-            (stream_id, ROOM, receipt_type, user, event_id,
-             orjson.dumps({"ts": TS + stream_id}).decode(), thread),
-        )  # fmt: skip
-    db.commit()
-    db.close()
-    return path
-
-
-EXPECTED = {  # the receipts table after the import: key -> event_id
-    (ROOM, "@a:hs1", "m.read", None): "$e2",
-    (ROOM, "@a:hs1", "m.read.private", None): "$e1",
-    (ROOM, "@b:hs1", "m.read", "$root"): "$t1",
-    (ROOM, "@b:hs1", "m.read", None): "$old",
-    (ROOM, "@r:hs2", "m.read", None): "$e2",
-}
 
 
 def test_dry_run_counts_and_writes_nothing(

@@ -200,12 +200,23 @@ def test_lag_rows_and_worker_urls() -> None:
         (0, 90, 10, "w1@h"),
         (1, None, 50, None),  # nothing committed: the fold starts at the beginning
     ]
-    s = Settings(web_port=7000)
-    assert worker_urls(s, [], ["10.0.0.2", "10.0.0.1", "10.0.0.2"]) == [
-        "http://10.0.0.1:7000",
-        "http://10.0.0.2:7000",
+    s = Settings(web_port=7000, app_id="app")
+    members = [
+        ("app", "10.0.0.2", "app-fold@web:7000"),
+        ("app", "10.0.0.1", "aiokafka-0.14.0"),  # no port named: RECEIPT_STREAMS_WEB_PORT
+        ("app-sync-deltas", "10.0.0.2", "app-sync-deltas@web:7000"),
+        ("app", "127.0.0.1", "app-fold@web:7001"),  # two workers on one host
+        ("app", "127.0.0.1", "app-fold@web:7002"),
+        ("app", "::1", "app-fold@web:7003"),
     ]
-    assert worker_urls(s, ["http://w:1/"], ["x"]) == ["http://w:1"]
+    assert worker_urls(s, [], members) == {
+        "http://10.0.0.1:7000": ["app"],
+        "http://10.0.0.2:7000": ["app", "app-sync-deltas"],
+        "http://127.0.0.1:7001": ["app"],
+        "http://127.0.0.1:7002": ["app"],
+        "http://[::1]:7003": ["app"],
+    }
+    assert worker_urls(s, ["http://w:1/"], members) == {"http://w:1": []}
 
 
 def test_group_description_is_decoded_with_its_assignment() -> None:

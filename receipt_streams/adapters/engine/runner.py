@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from receipt_streams.adapters import metrics
+from receipt_streams.adapters.client_ids import member_client_id
 from receipt_streams.adapters.clock import now_ms
 from receipt_streams.adapters.effects import Tally, limits_of
 from receipt_streams.adapters.engine.checkpoint import Checkpoint
@@ -94,6 +95,7 @@ class FoldEngine:
         consumer = self.consumer = read_committed(
             s,
             group_id=s.app_id,
+            client_id=member_client_id(s, "fold"),
             auto_offset_reset="earliest",
             max_poll_records=s.fold_batch_records,
             partition_assignment_strategy=(RangePartitionAssignor,),

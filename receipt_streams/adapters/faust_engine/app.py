@@ -18,6 +18,7 @@ from receipt_streams.adapters import metrics
 from receipt_streams.adapters.api.app import Api, serving
 from receipt_streams.adapters.api.auth import verifier_for
 from receipt_streams.adapters.api.sync_feed import SyncFeed
+from receipt_streams.adapters.client_ids import member_client_id
 from receipt_streams.adapters.clock import now_ms
 from receipt_streams.adapters.effects import Output, Router, Tally, limits_of
 from receipt_streams.adapters.relays.deltas import DeltaRelay
@@ -48,6 +49,7 @@ def create_app(s: Settings) -> faust.App:
         topic_partitions=s.partitions,
         topic_replication_factor=s.replication_factor,
         consumer_auto_offset_reset="earliest",
+        broker_client_id=member_client_id(s, "fold"),  # names the web port for `ctl status`
         broker_commit_interval=s.commit_interval_s,
         broker_session_timeout=s.session_timeout_s,
         broker_heartbeat_interval=s.session_timeout_s / 4,

@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from receipt_streams.adapters import metrics
+from receipt_streams.adapters.client_ids import member_client_id
 from receipt_streams.adapters.clock import now_ms
 from receipt_streams.adapters.effects import Output
 from receipt_streams.adapters.supervise import LoopHealth, supervise
@@ -91,6 +92,7 @@ class Relay(ABC, Generic[State]):
         self.consumer = consumer = read_committed(
             s,
             group_id=self.group_id,
+            client_id=member_client_id(s, self.name),
             auto_offset_reset="earliest",
             max_poll_records=5000,
             session_timeout_ms=int(s.session_timeout_s * 1000),
