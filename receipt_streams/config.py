@@ -139,6 +139,29 @@ class Settings(BaseSettings):
     )
     rate_limit_burst: float = Field(100.0, ge=1, description="Requests a user may burst.")
     sync_timeout_max_ms: int = Field(30_000, ge=0, description="Longest /sync long-poll.")
+    # --- sliding sync (issue 14) ---
+    sliding_sync_connections: int = Field(
+        10_000,
+        ge=1,
+        description="Sliding-sync connections whose state an API process keeps (the least "
+        "recently used go first; a forgotten one answers M_UNKNOWN_POS).",
+    )
+    sliding_sync_connection_ttl_s: float = Field(
+        3600.0, gt=0, description="A sliding-sync connection unused this long is forgotten."
+    )
+    sliding_sync_rooms_per_connection: int = Field(
+        5_000,
+        ge=1,
+        description="Rooms one connection's state remembers (the least recently sent are "
+        "forgotten, and sent as initial again if they come back).",
+    )
+    sliding_sync_timeline_events: int = Field(
+        50,
+        ge=0,
+        description="Client-facing sliding sync: the newest events kept per room, the most "
+        "a room subscription's timeline_limit reaches (its timeline's receipts are sent "
+        "when the room is initial).",
+    )
     batch_window_ms: int = Field(50, ge=0, description="Sync delta batching window.")
     edu_window_ms: int = Field(50, ge=0, description="Federation EDU batching window.")
     large_room_servers: int = Field(

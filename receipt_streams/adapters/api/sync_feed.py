@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -17,7 +18,7 @@ from receipt_streams.adapters import metrics
 from receipt_streams.adapters.supervise import supervise
 from receipt_streams.config import Settings
 from receipt_streams.core.receipts import Receipt, ReceiptKey
-from receipt_streams.core.sync_view import SyncIndex
+from receipt_streams.core.sync_view import SyncIndex, Token
 
 log = logging.getLogger(__name__)
 
@@ -25,21 +26,36 @@ log = logging.getLogger(__name__)
 class SyncFeed:
     def __init__(self, settings: Settings) -> None:
         self.s = settings
-        self.index = SyncIndex(settings.partitions, settings.partitions)
+        self.index = self._new_index()
         self.changed = asyncio.Condition()
         self.caught_up = asyncio.Event()
+
+    def _new_index(self) -> SyncIndex:
+        s = self.s
+        return SyncIndex(s.partitions, s.partitions, s.sliding_sync_timeline_events)
 
     async def wait_for_change(self, timeout_s: float) -> None:
         async with self.changed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), timeout_s)
 
+    async def wait_until(self, token: Token, deadline: float) -> bool:
+        """Read-after-write: wait (until the monotonic `deadline`) for this process to have
+        read everything `token` covers, since another process may have handed it out. False
+        when the deadline passed first: the caller must not answer from a view behind it."""
+        while not self.index.token().reached(token):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            await self.wait_for_change(left)
+        return True
+
     async def run_forever(self) -> None:
         await supervise("sync feed", self.run, on_failure=self._reset)
 
     def _reset(self) -> None:
         """Rebuild from the start: the index must never mix two reads of the logs."""
-        self.index = SyncIndex(self.s.partitions, self.s.partitions)
+        self.index = self._new_index()
         self.caught_up.clear()
 
     async def run(self) -> None:
@@ -98,5 +114,11 @@ class SyncFeed:
         if parts[0] == "m":
             membership = orjson.loads(value)["membership"] if value is not None else None
             self.index.apply_membership(tp.partition, offset, parts[1], parts[2], membership)
+        elif parts[0] == "e" and value is not None:
+            stream_pos = orjson.loads(value).get("stream_pos")
+            if isinstance(stream_pos, int):
+                self.index.apply_event(tp.partition, offset, parts[1], parts[2], stream_pos)
+            else:
+                self.index.skip_member_offset(tp.partition, offset)
         else:
             self.index.skip_member_offset(tp.partition, offset)
