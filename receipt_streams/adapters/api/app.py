@@ -450,7 +450,7 @@ class Api:
                 fresh = sent is None or expanded or state.token is None
                 timeline = tuple(index.latest_events(room_id, min(limit, cap))) if fresh else ()
                 rooms[room_id] = RoomRequest(expanded, timeline, None, limit)
-            ans = answer(index, user, state, rooms, (), self.s.sliding_sync_rooms_per_connection)
+            ans = answer(index, user, state, rooms)
             if ans.receipts or pos is None or time.monotonic() >= deadline:
                 break
             await self.feed.wait_for_change(deadline - time.monotonic())
