@@ -12,13 +12,16 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
+from jsonschema import Draft202012Validator
 
 from receipt_streams.core.receipts import Receipt, ReceiptKey
 from receipt_streams.core.sync_view import Token
-from tests.adapters.api.inprocess import ADMIN_TOKEN, ROOM, clients, make_api, settings
+from tests.adapters.api import inprocess
+from tests.adapters.api.inprocess import ADMIN_TOKEN, ROOM, clients, settings
 from tests.support.spec import validate_receipt_event
 
 INTERNAL = "/_receipts/v1/sliding_sync"
+SCHEMAS = Path(__file__).resolve().parents[3] / "schemas"
 CLIENT = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
 ALICE, BOB = "@alice:hs1", "@bob:hs1"
 OTHER = "!other:hs1"
@@ -28,11 +31,19 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def schema(name: str) -> Draft202012Validator:
+    return Draft202012Validator(orjson.loads((SCHEMAS / f"{name}.json").read_bytes()))
+
+
 async def post(
     client: TestClient, path: str, body: Any, token: str, **params: Any
 ) -> tuple[int, Any]:
     resp = await client.post(path, data=orjson.dumps(body), headers=bearer(token), params=params)
-    return resp.status, await resp.json()
+    answer = await resp.json()
+    if path == INTERNAL and resp.status == 200:  # what the schemas in schemas/ describe
+        schema("http.sliding-sync-receipts.request").validate(body)
+        schema("http.sliding-sync-receipts.response").validate(answer)
+    return resp.status, answer
 
 
 def check_events(rooms: dict[str, Any]) -> None:
@@ -50,13 +61,19 @@ def entries(event: dict[str, Any]) -> set[tuple[str, str, str]]:
 
 
 def write(api: Any, offset: int, user: str, rtype: str, event: str, room: str = ROOM) -> None:
+    ts = 5000 + offset
     api.feed.index.apply_receipt(
-        0, offset, ReceiptKey(room, user, rtype, None), Receipt(event, offset, 5000 + offset, {})
+        0, offset, ReceiptKey(room, user, rtype, None), Receipt(event, offset, ts, {"ts": ts})
     )
 
 
-# make_api seeds ROOM (partition 0): offsets 0-2 are alice m.read $e1, alice m.read.private
-# $e2, bob m.fully_read $e1; alice and bob are joined (member offsets 0, 1).
+def make_api(s: Any) -> tuple[Any, Any]:
+    """ROOM (partition 0) at offsets 0-2: alice m.read $e1, alice m.read.private $e2, bob
+    m.fully_read $e1; alice and bob are joined (member offsets 0, 1)."""
+    api, producer = inprocess.make_api(s)
+    write(api, 0, ALICE, "m.read", "$e1")  # as the fold writes it: data has ts
+    write(api, 1, ALICE, "m.read.private", "$e2")
+    return api, producer
 
 
 async def test_internal_endpoint_initial_live_and_positions_to_remember(tmp_path: Path) -> None:
