@@ -70,6 +70,10 @@ class ReceiptsView(Protocol):
 
     def joined_rooms(self, user_id: str) -> list[str]: ...
 
+    def member_entry(self, room_id: str, user_id: str) -> tuple[str, int, int] | None:
+        """(membership, room-state changelog partition, offset) of the user in the room."""
+        ...
+
     def room_receipts(self, room_id: str) -> Changes: ...
 
     def room_changes_since(self, room_id: str, since: Token) -> Changes:
@@ -243,26 +247,36 @@ class SyncIndex:
         newest = self.events.get(room_id, [])
         return [e for _, e in newest[-limit:]] if limit > 0 else []
 
+    def member_entry(self, room_id: str, user_id: str) -> tuple[str, int, int] | None:
+        return self.memberships.get(user_id, {}).get(room_id)
+
     def sync(self, user_id: str, since: Token | None) -> dict[str, Any]:
-        """The `rooms.join` part of a /sync response for `user_id` (empty rooms left out)."""
-        if since is not None and (
-            len(since.receipts) != self.receipt_partitions
-            or len(since.members) != self.member_partitions
-        ):
-            raise BadToken("token is for another partition layout")
-        joined: dict[str, Any] = {}
-        for room_id in self.joined_rooms(user_id):
-            _, m_part, m_offset = self.memberships[user_id][room_id]
-            newly_joined = since is None or m_offset >= since.members[m_part]
-            slots = self.rooms.get(room_id, {})
-            if since is None or newly_joined:
-                changes = [(k, slot.receipt) for k, slot in slots.items()]
-            else:
-                changes = self._since(slots, since)
-            room = render_for_user(room_id, user_id, changes)
-            if room:
-                joined[room_id] = room
-        return joined
+        return sync_rooms(self, user_id, since)
+
+    def commit(self) -> None:
+        """Everything applied is visible at once here (the on-disk view writes a batch)."""
+
+
+def sync_rooms(view: ReceiptsView, user_id: str, since: Token | None) -> dict[str, Any]:
+    """The `rooms.join` part of a /sync response for `user_id` (empty rooms left out)."""
+    if since is not None and (
+        len(since.receipts) != view.receipt_partitions
+        or len(since.members) != view.member_partitions
+    ):
+        raise BadToken("token is for another partition layout")
+    joined: dict[str, Any] = {}
+    for room_id in view.joined_rooms(user_id):
+        entry = view.member_entry(room_id, user_id)
+        assert entry is not None
+        _, m_part, m_offset = entry
+        if since is None or m_offset >= since.members[m_part]:  # newly joined: all of it
+            changes = view.room_receipts(room_id)
+        else:
+            changes = view.room_changes_since(room_id, since)
+        room = render_for_user(room_id, user_id, changes)
+        if room:
+            joined[room_id] = room
+    return joined
 
 
 def render_for_user(
