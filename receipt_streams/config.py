@@ -139,6 +139,24 @@ class Settings(BaseSettings):
     )
     rate_limit_burst: float = Field(100.0, ge=1, description="Requests a user may burst.")
     sync_timeout_max_ms: int = Field(30_000, ge=0, description="Longest /sync long-poll.")
+    read_store: Literal["memory", "rocksdb"] = Field(
+        "memory",
+        description="Where an API process keeps its view of the changelogs: `memory` (every "
+        "receipt key in the heap) or `rocksdb` (on disk under data_dir/read-view, memory "
+        "bounded by read_store_memory_bytes, ready after a restart from its local copy).",
+    )
+    read_store_memory_bytes: int = Field(
+        64 * 2**20,
+        ge=2**20,
+        description="read_store rocksdb: RocksDB's memory (block cache and memtables).",
+    )
+    read_store_max_age_s: float = Field(
+        43_200.0,
+        gt=0,
+        description="read_store rocksdb: a local copy last written longer ago is rebuilt "
+        "from the changelogs (compaction may have dropped tombstones it missed; keep it under "
+        "the topics' delete.retention.ms, 24 h by default).",
+    )
     # --- sliding sync (issue 14) ---
     sliding_sync_connections: int = Field(
         10_000,

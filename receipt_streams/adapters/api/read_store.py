@@ -186,8 +186,20 @@ class DiskView:
     def skip_member_offset(self, partition: int, offset: int) -> None:
         self._m_next[partition] = max(self._m_next[partition], offset + 1)
 
+    def rollback(self) -> None:
+        """Drop the batch in progress (its records are read again)."""
+        self._pending = {}
+        self._r_next = list(self.receipt_next)
+        self._m_next = list(self.member_next)
+
     def commit(self) -> None:
         """Write the batch and the offsets it reaches atomically; then answer from it."""
+        if (
+            not self._pending
+            and self._r_next == self.receipt_next
+            and self._m_next == self.member_next
+        ):
+            return
         batch = WriteBatch(raw_mode=True)
         for key, value in self._pending.items():
             if value is None:

@@ -148,7 +148,12 @@ async def test_read_after_write_across_two_api_processes(
     apis = []
     for name in ("a", "b"):
         api_s = s.model_copy(
-            update={"web_port": free_port(), "admin_port": free_port(), "serve_api": True}
+            update={
+                "web_port": free_port(),
+                "admin_port": free_port(),
+                "serve_api": True,
+                "data_dir": tmp_path / f"api-{name}",
+            }
         )
         apis.append(WorkerProcess(api_s, tmp_path / f"api-{name}.log", "api").start())
     a, b = apis
