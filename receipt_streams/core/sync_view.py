@@ -81,7 +81,7 @@ class ReceiptsView(Protocol):
         ...
 
     def rooms_changed_since(self, room_ids: Iterable[str], since: Token) -> set[str]:
-        """Which of `room_ids` have a slot written at or after `since`."""
+        """Which of `room_ids` had a write (a tombstone included) at or after `since`."""
         ...
 
     def receipts_on_events(self, room_id: str, event_ids: Iterable[str]) -> Changes:
@@ -125,6 +125,8 @@ class SyncIndex:
     by_event: dict[str, dict[str, set[ReceiptKey]]] = field(default_factory=dict)
     # room -> user -> the user's keys in the room
     by_user: dict[str, dict[str, set[ReceiptKey]]] = field(default_factory=dict)
+    # room -> (partition, offset) of its last write, a tombstone included
+    last_write: dict[str, tuple[int, int]] = field(default_factory=dict)
     # room -> its newest events as (stream_pos, event_id), ascending
     events: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
     # user -> room -> (membership, partition, offset)
@@ -149,6 +151,7 @@ class SyncIndex:
             if not on_event:
                 del self.by_event[key.room_id][old.receipt.event_id]
         users = self.by_user.setdefault(key.room_id, {})
+        self.last_write[key.room_id] = (partition, offset)
         if value is not None:
             slots[key] = _Slot(partition, offset, value)
             by_event = self.by_event.setdefault(key.room_id, {})
@@ -226,11 +229,9 @@ class SyncIndex:
     def rooms_changed_since(self, room_ids: Iterable[str], since: Token) -> set[str]:
         changed = set()
         for room_id in room_ids:
-            slots = self.rooms.get(room_id)
-            if slots:
-                last = next(reversed(slots.values()))
-                if last.offset >= since.receipts[last.partition]:
-                    changed.add(room_id)
+            last = self.last_write.get(room_id)
+            if last is not None and last[1] >= since.receipts[last[0]]:
+                changed.add(room_id)
         return changed
 
     def receipts_on_events(self, room_id: str, event_ids: Iterable[str]) -> Changes:

@@ -9,7 +9,7 @@ One database, its keys led by a letter (IDs never hold a NUL, so NUL ends each p
     P room \\0 partition offset  -> key                  (by room and position)
     E room \\0 event \\0 key      -> ""                   (by event: the key's receipt is on it)
     U room \\0 user \\0 key       -> ""                   (by user)
-    L room                      -> partition, offset    (the room's last change)
+    L room                      -> partition, offset    (the room's last write)
     M user \\0 room              -> partition, offset, membership
     V room                      -> [[stream_pos, event_id], ...] (the room's newest events)
     O r|m partition             -> next offset          (how far each changelog was read)
@@ -144,6 +144,7 @@ class DiskView:
             self._delete(b"P" + room + _POS.pack(old_p, old_offset))
             self._delete(b"E" + room + old_event.encode() + b"\0" + raw_key)
         user_key = b"U" + room + key.user_id.encode() + b"\0" + raw_key
+        self._put(b"L" + key.room_id.encode(), _POS.pack(partition, offset))
         if value is None:
             self._delete(b"S" + raw_key)
             self._delete(user_key)
@@ -153,7 +154,6 @@ class DiskView:
             self._put(b"P" + room + position, raw_key)
             self._put(b"E" + room + value.event_id.encode() + b"\0" + raw_key, b"")
             self._put(user_key, b"")
-            self._put(b"L" + key.room_id.encode(), position)
         self._r_next[partition] = max(self._r_next[partition], offset + 1)
 
     def apply_membership(

@@ -95,7 +95,7 @@ def same_answers(memory: SyncIndex, disk: DiskView, tokens: list[Token]) -> None
             assert disk.sync(user, token) == memory.sync(user, token)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.one_of(_receipt, _receipt, _member, _event, _commit), max_size=60))
 def test_disk_view_answers_as_the_memory_index(ops: list[tuple]) -> None:
     with tempfile.TemporaryDirectory() as tmp:

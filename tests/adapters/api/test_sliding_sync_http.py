@@ -308,3 +308,30 @@ async def test_client_form_needs_a_token_and_answers_cors(tmp_path: Path, path: 
         assert resp.headers["Access-Control-Allow-Origin"] == "*"
         status, body = await post(client, path, {}, "tok-alice")
         assert status == 200 and body["extensions"] == {}
+
+
+async def test_client_form_room_leaving_and_reentering_the_window(tmp_path: Path) -> None:
+    """As Element X drives it: a room subscribed, dropped while its receipts change, then
+    subscribed again: it gets the changes since its own position, nothing older."""
+    api, _ = make_api(settings(tmp_path))
+    index = api.feed.index
+    index.apply_membership(0, 2, OTHER, ALICE, "join")
+    index.apply_membership(0, 3, OTHER, BOB, "join")
+    ext = {"extensions": {"receipts": {"enabled": True}}}
+    both = {"room_subscriptions": {ROOM: {"timeline_limit": 0}, OTHER: {"timeline_limit": 0}}}
+    only_other = {"room_subscriptions": {OTHER: {"timeline_limit": 0}}}
+    async with clients(api) as (client, _):
+        status, first = await post(client, CLIENT, {**both, **ext}, "tok-bob")
+        assert status == 200 and first["extensions"]["receipts"]["rooms"] == {}
+        write(api, 3, ALICE, "m.read", "$e3")  # ROOM leaves the window from here
+        status, out = await post(client, CLIENT, only_other, "tok-bob", pos=first["pos"])
+        assert out["extensions"]["receipts"]["rooms"] == {}
+        write(api, 4, ALICE, "m.read", "$e4", OTHER)
+        status, out2 = await post(client, CLIENT, only_other, "tok-bob", pos=out["pos"])
+        assert entries(out2["extensions"]["receipts"]["rooms"][OTHER]) == {("$e4", "m.read", ALICE)}
+        write(api, 5, BOB, "m.read", "$e5")
+        status, back = await post(client, CLIENT, both, "tok-bob", pos=out2["pos"])
+        assert status == 200, back
+        rooms = back["extensions"]["receipts"]["rooms"]
+        assert set(rooms) == {ROOM}  # OTHER is live and unchanged
+        assert entries(rooms[ROOM]) == {("$e3", "m.read", ALICE), ("$e5", "m.read", BOB)}
