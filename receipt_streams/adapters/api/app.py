@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from receipt_streams.adapters.api.auth import TokenVerifier, VerifierUnavailable, admin_tokens_for
 from receipt_streams.adapters.api.protocol import MatrixAppRunner
@@ -61,6 +61,14 @@ ACCEPTED = Counter(
     "receipt_streams_http_receipts_total",
     "Receipts accepted over HTTP (durably in Kafka), by type.",
     ["receipt_type"],
+)
+
+SLIDING_CONNECTIONS = Gauge(
+    "receipt_streams_sliding_sync_connections", "Sliding-sync connections whose state is kept."
+)
+UNKNOWN_POS = Counter(
+    "receipt_streams_sliding_sync_unknown_pos_total",
+    "Sliding-sync requests answered M_UNKNOWN_POS (the client starts a new connection).",
 )
 
 CLIENT = "/_matrix/client/v3"
@@ -404,6 +412,7 @@ class Api:
         )
         pos = Pos.new(ans.state.token).encode()
         self.connections.put(req.user_id, req.conn_id, pos, ans.state)
+        SLIDING_CONNECTIONS.set(len(self.connections))
         remember: dict[str, Any] = {room: {"status": "live"} for room in req.rooms}
         for room, since in ans.demoted.items():
             remember[room] = {"status": PREVIOUSLY, "since": since.encode()}
@@ -456,6 +465,7 @@ class Api:
             await self.feed.wait_for_change(deadline - time.monotonic())
         new_pos = Pos.new(ans.state.token).encode()
         self.connections.put(user, req.conn_id, new_pos, ans.state)
+        SLIDING_CONNECTIONS.set(len(self.connections))
         extensions = {"receipts": {"rooms": ans.receipts}} if enabled else {}
         return _json({"pos": new_pos, "lists": {}, "rooms": {}, "extensions": extensions})
 
@@ -464,9 +474,14 @@ class Api:
         try:
             state = resolve(self.connections, user, conn_id, pos, keeps)
         except UnknownPos:
+            UNKNOWN_POS.inc()
             raise unknown from None
         if state.token is not None:
-            self._check_layout(state.token, unknown)
+            try:
+                self._check_layout(state.token, unknown)
+            except ApiError:
+                UNKNOWN_POS.inc()
+                raise
         return state
 
     async def _reach(self, state: State, sinces: list[Token], deadline: float) -> bool:
