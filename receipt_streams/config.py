@@ -178,6 +178,47 @@ class Settings(BaseSettings):
     )
     rate_limit_burst: float = Field(100.0, ge=1, description="Requests a user may burst.")
     sync_timeout_max_ms: int = Field(30_000, ge=0, description="Longest /sync long-poll.")
+    read_store: Literal["memory", "rocksdb"] = Field(
+        "memory",
+        description="Where an API process keeps its view of the changelogs: `memory` (every "
+        "receipt key in the heap) or `rocksdb` (on disk under data_dir/read-view, memory "
+        "bounded by read_store_memory_bytes, ready after a restart from its local copy).",
+    )
+    read_store_memory_bytes: int = Field(
+        64 * 2**20,
+        ge=2**20,
+        description="read_store rocksdb: RocksDB's memory (block cache and memtables).",
+    )
+    read_store_max_age_s: float = Field(
+        43_200.0,
+        gt=0,
+        description="read_store rocksdb: a local copy last written longer ago is rebuilt "
+        "from the changelogs (compaction may have dropped tombstones it missed; keep it under "
+        "the topics' delete.retention.ms, 24 h by default).",
+    )
+    # --- sliding sync (issue 14) ---
+    sliding_sync_connections: int = Field(
+        10_000,
+        ge=1,
+        description="Sliding-sync connections whose state an API process keeps (the least "
+        "recently used go first; a forgotten one answers M_UNKNOWN_POS).",
+    )
+    sliding_sync_connection_ttl_s: float = Field(
+        3600.0, gt=0, description="A sliding-sync connection unused this long is forgotten."
+    )
+    sliding_sync_rooms_per_connection: int = Field(
+        5_000,
+        ge=1,
+        description="Rooms one connection's state remembers (the least recently sent are "
+        "forgotten, and sent as initial again if they come back).",
+    )
+    sliding_sync_timeline_events: int = Field(
+        50,
+        ge=0,
+        description="Client-facing sliding sync: the newest events kept per room, the most "
+        "a room subscription's timeline_limit reaches (its timeline's receipts are sent "
+        "when the room is initial).",
+    )
     batch_window_ms: int = Field(50, ge=0, description="Sync delta batching window.")
     edu_window_ms: int = Field(50, ge=0, description="Federation EDU batching window.")
     large_room_servers: int = Field(

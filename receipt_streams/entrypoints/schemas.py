@@ -12,7 +12,7 @@ import orjson
 from pydantic import BaseModel, TypeAdapter
 
 from receipt_streams.config import Settings
-from receipt_streams.core import models
+from receipt_streams.core import models, sliding_sync_models
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -109,6 +109,17 @@ def all_schemas() -> dict[str, dict[str, Any]]:
             models.HistoryRecord,
             f"{s.topic_history} value",
             "One accepted change of the receipts table: once per change, never for a duplicate.",
+        ),
+        "http.sliding-sync-receipts.request.json": _schema(
+            sliding_sync_models.SlidingReceiptsRequest,
+            "POST /_receipts/v1/sliding_sync request",
+            "The homeserver's sliding-sync handler, per response: the user, the connection, "
+            "its pos, and per room its status and timeline.",
+        ),
+        "http.sliding-sync-receipts.response.json": _schema(
+            sliding_sync_models.SlidingReceiptsResponse,
+            "POST /_receipts/v1/sliding_sync response",
+            "The extensions.receipts object, the next pos, and the positions to remember.",
         ),
     }
 

@@ -83,6 +83,14 @@ def test_internal_federation_records_match_their_schemas() -> None:
     _validator("internal.federation-out.json").validate(orjson.loads(record))
 
 
+def test_sliding_sync_schemas_refuse_what_the_endpoint_refuses() -> None:
+    request = _validator("http.sliding-sync-receipts.request.json")
+    assert request.is_valid({"user_id": "@a:hs1", "rooms": {"!r:hs1": {"timeline": ["$e"]}}})
+    assert not request.is_valid({"rooms": {}})
+    assert not request.is_valid({"user_id": "@a:hs1", "rooms": {"!r:hs1": {"status": "x"}}})
+    assert not request.is_valid({"user_id": "@a:hs1", "timeout": -1})
+
+
 def test_schemas_refuse_a_malformed_delta() -> None:
     errors = list(_validator("receipts.sync.v1.json").iter_errors({"room_id": "!r:hs1"}))
     assert {e.validator for e in errors} == {"required"}

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from receipt_streams.adapters.api.auth import TokenVerifier, VerifierUnavailable, admin_tokens_for
 from receipt_streams.adapters.api.protocol import MatrixAppRunner
@@ -39,6 +39,17 @@ from receipt_streams.core.client_api import (
     refuse_if_not_joined,
 )
 from receipt_streams.core.ratelimit import RateLimiter
+from receipt_streams.core.sliding_sync import (
+    PREVIOUSLY,
+    Connections,
+    Pos,
+    RoomRequest,
+    State,
+    UnknownPos,
+    answer,
+    resolve,
+)
+from receipt_streams.core.sliding_sync_requests import client_request, internal_request
 from receipt_streams.core.sync_view import BadToken, Token
 
 log = logging.getLogger(__name__)
@@ -52,8 +63,21 @@ ACCEPTED = Counter(
     ["receipt_type"],
 )
 
+SLIDING_CONNECTIONS = Gauge(
+    "receipt_streams_sliding_sync_connections", "Sliding-sync connections whose state is kept."
+)
+UNKNOWN_POS = Counter(
+    "receipt_streams_sliding_sync_unknown_pos_total",
+    "Sliding-sync requests answered M_UNKNOWN_POS (the client starts a new connection).",
+)
+
 CLIENT = "/_matrix/client/v3"
 RECEIPTS_VIEW = "/_receipts/v1/rooms/{roomId}/receipts"
+SLIDING_INTERNAL = "/_receipts/v1/sliding_sync"
+SLIDING_CLIENT = (
+    "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+    "/_matrix/client/v4/sync",
+)
 # The client-server spec's CORS headers ("Web Browser Clients"), on every client response.
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -152,6 +176,11 @@ class Api:
             settings.auth_failure_rate_limit_per_s, settings.auth_failure_rate_limit_burst
         )
         self.producer = producer  # given: already started (tests); else one of its own
+        self.connections = Connections(
+            settings.sliding_sync_connections,
+            settings.sliding_sync_connection_ttl_s,
+            settings.sliding_sync_rooms_per_connection,
+        )
 
     def app(self) -> web.Application:
         """The client listener: what a Matrix client may see, and health."""
@@ -164,6 +193,8 @@ class Api:
             )
             app.router.add_post(CLIENT + "/rooms/{roomId}/read_markers", self.post_read_markers)
             app.router.add_get(CLIENT + "/sync", self.get_sync)
+            for path in SLIDING_CLIENT:
+                app.router.add_post(path, self.post_sliding_sync)
         self._add_health(app)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
@@ -176,6 +207,7 @@ class Api:
         )
         if self.client:
             app.router.add_get(RECEIPTS_VIEW, self.get_room_receipts)
+            app.router.add_post(SLIDING_INTERNAL, self.post_sliding_receipts)
         self._add_health(app)
         return app
 
@@ -328,6 +360,11 @@ class Api:
         timeout_s = min(max(timeout_ms, 0), self.s.sync_timeout_max_ms) / 1000
         deadline = time.monotonic() + timeout_s
         await self._wait_caught_up(deadline)
+        if since is not None:
+            self._check_layout(since, BadToken("token is for another partition layout"))
+            if not await self.feed.wait_until(since, deadline):
+                # Behind the token (another process handed it out): nothing new yet, never less.
+                return _json({"next_batch": since_raw, "rooms": {"join": {}}})
         while True:
             token = self.feed.index.token()  # before reading: nothing can fall between
             try:
@@ -338,6 +375,122 @@ class Api:
             if rooms or since is None or left <= 0:
                 return _json({"next_batch": token.encode(), "rooms": {"join": rooms}})
             await self.feed.wait_for_change(left)
+
+    def _check_layout(self, token: Token, error: Exception) -> None:
+        index = self.feed.index
+        if (
+            len(token.receipts) != index.receipt_partitions
+            or len(token.members) != index.member_partitions
+        ):
+            if isinstance(error, BadToken):
+                raise ApiError(400, "M_INVALID_PARAM", str(error))
+            raise error
+
+    def _deadline(self, timeout_ms: int) -> float:
+        return time.monotonic() + min(timeout_ms, self.s.sync_timeout_max_ms) / 1000
+
+    async def post_sliding_receipts(self, request: web.Request) -> web.Response:
+        """The homeserver's sliding-sync handler, per response: the `extensions.receipts`
+        part for the rooms it sends, and the positions to remember."""
+        self._admin(request)
+        req = internal_request(await self._body(request))
+        deadline = self._deadline(req.timeout_ms)
+        await self._wait_caught_up(deadline)
+        keeps_state = req.live_rooms is not None or bool(
+            req.rooms and all(r.initial or r.status is not None for r in req.rooms.values())
+        )
+        state = self._sliding_state(req.user_id, req.conn_id, req.pos, keeps_state)
+        needed = [r.status.since for r in req.rooms.values() if r.status and r.status.since]
+        if not await self._reach(state, needed, deadline):
+            return _json({"pos": req.pos, "receipts": {"rooms": {}}, "cases": {}, "remember": {}})
+        ans = answer(
+            self.feed.index,
+            req.user_id,
+            state,
+            req.rooms,
+            req.live_rooms or (),
+        )
+        pos = Pos.new(ans.state.token).encode()
+        self.connections.put(req.user_id, req.conn_id, pos, ans.state)
+        SLIDING_CONNECTIONS.set(len(self.connections))
+        remember: dict[str, Any] = {room: {"status": "live"} for room in req.rooms}
+        for room, since in ans.demoted.items():
+            remember[room] = {"status": PREVIOUSLY, "since": since.encode()}
+        return _json(
+            {
+                "pos": pos,
+                "receipts": {"rooms": ans.receipts},
+                "cases": ans.cases,
+                "remember": remember,
+            }
+        )
+
+    async def post_sliding_sync(self, request: web.Request) -> web.Response:
+        """Client-facing simplified sliding sync (MSC4186), for the rooms given explicitly
+        (`room_subscriptions`): only `extensions.receipts` is filled in."""
+        user = await self._user(request)
+        self._rate_limit(self.sync_limiter, user)
+        query = self._query(request)
+        pos = query.get("pos") or None
+        try:
+            timeout_ms = max(0, int(query.get("timeout") or "0"))
+        except ValueError:
+            raise ApiError(400, "M_INVALID_PARAM", "timeout must be an integer") from None
+        req = client_request(await self._body(request))
+        deadline = self._deadline(timeout_ms)
+        await self._wait_caught_up(deadline)
+        state = self._sliding_state(user, req.conn_id, pos, False)
+        if not await self._reach(state, [], deadline):
+            return _json({"pos": pos, "lists": {}, "rooms": {}, "extensions": {}})
+        enabled = state.enabled if req.enabled is None else req.enabled
+        state = State(state.token, state.rooms, enabled)
+        cap = self.s.sliding_sync_timeline_events
+        while True:
+            index = self.feed.index
+            rooms: dict[str, RoomRequest] = {}
+            for room_id, limit in req.subscriptions.items() if enabled else ():
+                if req.rooms is not None and room_id not in req.rooms:
+                    continue
+                if index.membership(room_id, user) != "join":
+                    continue  # never another room's receipts
+                sent = state.rooms.get(room_id)
+                before = sent.timeline_limit if sent is not None else None
+                expanded = before is not None and limit > before
+                fresh = sent is None or expanded or state.token is None
+                timeline = tuple(index.latest_events(room_id, min(limit, cap))) if fresh else ()
+                rooms[room_id] = RoomRequest(expanded, timeline, None, limit)
+            ans = answer(index, user, state, rooms)
+            if ans.receipts or pos is None or time.monotonic() >= deadline:
+                break
+            await self.feed.wait_for_change(deadline - time.monotonic())
+        new_pos = Pos.new(ans.state.token).encode()
+        self.connections.put(user, req.conn_id, new_pos, ans.state)
+        SLIDING_CONNECTIONS.set(len(self.connections))
+        extensions = {"receipts": {"rooms": ans.receipts}} if enabled else {}
+        return _json({"pos": new_pos, "lists": {}, "rooms": {}, "extensions": extensions})
+
+    def _sliding_state(self, user: str, conn_id: str, pos: str | None, keeps: bool) -> State:
+        unknown = ApiError(400, "M_UNKNOWN_POS", "Unknown position")
+        try:
+            state = resolve(self.connections, user, conn_id, pos, keeps)
+        except UnknownPos:
+            UNKNOWN_POS.inc()
+            raise unknown from None
+        if state.token is not None:
+            try:
+                self._check_layout(state.token, unknown)
+            except ApiError:
+                UNKNOWN_POS.inc()
+                raise
+        return state
+
+    async def _reach(self, state: State, sinces: list[Token], deadline: float) -> bool:
+        """Read-after-write: wait for every position the request holds."""
+        for token in ([state.token] if state.token else []) + sinces:
+            self._check_layout(token, ApiError(400, "M_UNKNOWN_POS", "Unknown position"))
+            if not await self.feed.wait_until(token, deadline):
+                return False
+        return True
 
     async def _wait_caught_up(self, deadline: float) -> None:
         if not self.feed.caught_up.is_set():

@@ -1,0 +1,307 @@
+"""The API's view of the changelogs on disk (RocksDB): the same queries as the in-memory
+`SyncIndex` (`ReceiptsView`), with memory bounded by RocksDB's (block cache and memtables,
+`RocksMemory`) whatever the number of receipt keys, and a local copy a restarted process is
+ready from: it records the changelog offsets it reached and reads only what came after.
+
+One database, its keys led by a letter (IDs never hold a NUL, so NUL ends each part):
+
+    S key                       -> partition, offset, receipt (the slot; key as on the changelog)
+    P room \\0 partition offset  -> key                  (by room and position)
+    E room \\0 event \\0 key      -> ""                   (by event: the key's receipt is on it)
+    U room \\0 user \\0 key       -> ""                   (by user)
+    L room                      -> partition, offset    (the room's last write)
+    M user \\0 room              -> partition, offset, membership
+    V room                      -> [[stream_pos, event_id], ...] (the room's newest events)
+    O r|m partition             -> next offset          (how far each changelog was read)
+
+A batch of changelog records is written in one atomic RocksDB write together with the offsets
+it reaches, so the store is always a prefix of the changelogs: a crash loses at most the batch
+in progress, read again at the next start. Queries read only what was written (between
+batches), so an answer is exactly as of `token()`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import shutil
+import struct
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rocksdict import Rdict, WriteBatch
+
+from receipt_streams.adapters.engine.stores import RocksMemory
+from receipt_streams.core.receipts import Receipt, ReceiptKey
+from receipt_streams.core.sync_view import Changes, Token, sync_rooms
+
+log = logging.getLogger(__name__)
+
+_POS = struct.Struct(">HQ")  # partition, offset: sorts by offset within a partition
+_NEXT = struct.Struct(">Q")
+_META = b"#meta"
+_WRITTEN = b"#written"  # wall-clock ms of the last batch
+_UNSET = object()
+
+
+def _room(prefix: bytes, room_id: str) -> bytes:
+    return prefix + room_id.encode() + b"\0"
+
+
+class DiskView:
+    """`ReceiptsView` on RocksDB. Feed it with `apply_*` then `commit()` per batch."""
+
+    def __init__(
+        self,
+        path: Path,
+        receipt_partitions: int,
+        member_partitions: int,
+        recent_events: int = 50,
+        memory: RocksMemory | None = None,
+        identity: dict[str, Any] | None = None,
+        max_age_s: float | None = None,
+    ) -> None:
+        self._kwargs = {"identity": identity, "max_age_s": max_age_s}
+        self.path = path
+        self.receipt_partitions = receipt_partitions
+        self.member_partitions = member_partitions
+        self.recent_events = recent_events
+        self.memory = memory or RocksMemory(32 * 2**20, 4 * 2**20)
+        self._args = (path, receipt_partitions, member_partitions, recent_events, self.memory)
+        meta = orjson.dumps(
+            {
+                **(identity or {}),
+                "receipt_partitions": receipt_partitions,
+                "member_partitions": member_partitions,
+                "recent_events": recent_events,
+            },
+            option=orjson.OPT_SORT_KEYS,
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = Rdict(str(path), self.memory.options())
+        written = self.db.get(_WRITTEN)
+        stale = (
+            max_age_s is not None
+            and written is not None
+            and time.time() - _NEXT.unpack(written)[0] / 1000 > max_age_s
+        )
+        if self.db.get(_META) not in (None, meta) or stale:
+            # Another layout, other topics, or older than the changelog keeps tombstones for.
+            log.info(
+                "read store does not match its changelogs: rebuilding", extra={"path": str(path)}
+            )
+            self.db.close()
+            shutil.rmtree(path, ignore_errors=True)
+            self.db = Rdict(str(path), self.memory.options())
+        self.db[_META] = meta
+        self.receipt_next = [self._next(b"Or", p) for p in range(receipt_partitions)]
+        self.member_next = [self._next(b"Om", p) for p in range(member_partitions)]
+        self._pending: dict[bytes, bytes | None] = {}
+        self._r_next = list(self.receipt_next)
+        self._m_next = list(self.member_next)
+
+    def _next(self, prefix: bytes, partition: int) -> int:
+        raw = self.db.get(prefix + struct.pack(">H", partition))
+        return _NEXT.unpack(raw)[0] if raw is not None else 0
+
+    @property
+    def empty(self) -> bool:
+        return not any(self.receipt_next) and not any(self.member_next)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def wipe(self) -> None:
+        """Forget everything: the next feed reads the changelogs from their beginning."""
+        self.db.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.__init__(*self._args, **self._kwargs)  # type: ignore[misc]
+
+    # --- feeding (a batch at a time) ----------------------------------------------------------
+
+    def _get(self, key: bytes) -> bytes | None:
+        value = self._pending.get(key, _UNSET)
+        return self.db.get(key) if value is _UNSET else value  # type: ignore[return-value]
+
+    def _put(self, key: bytes, value: bytes) -> None:
+        self._pending[key] = value
+
+    def _delete(self, key: bytes) -> None:
+        self._pending[key] = None
+
+    def apply_receipt(
+        self, partition: int, offset: int, key: ReceiptKey, value: Receipt | None
+    ) -> None:
+        raw_key = key.encode()
+        room = key.room_id.encode() + b"\0"
+        old = self._get(b"S" + raw_key)
+        if old is not None:
+            old_p, old_offset = _POS.unpack_from(old)
+            old_event = orjson.loads(old[_POS.size :])["event_id"]
+            self._delete(b"P" + room + _POS.pack(old_p, old_offset))
+            self._delete(b"E" + room + old_event.encode() + b"\0" + raw_key)
+        user_key = b"U" + room + key.user_id.encode() + b"\0" + raw_key
+        self._put(b"L" + key.room_id.encode(), _POS.pack(partition, offset))
+        if value is None:
+            self._delete(b"S" + raw_key)
+            self._delete(user_key)
+        else:
+            position = _POS.pack(partition, offset)
+            self._put(b"S" + raw_key, position + value.encode())
+            self._put(b"P" + room + position, raw_key)
+            self._put(b"E" + room + value.event_id.encode() + b"\0" + raw_key, b"")
+            self._put(user_key, b"")
+        self._r_next[partition] = max(self._r_next[partition], offset + 1)
+
+    def apply_membership(
+        self, partition: int, offset: int, room_id: str, user_id: str, membership: str | None
+    ) -> None:
+        key = b"M" + user_id.encode() + b"\0" + room_id.encode()
+        if membership is None:
+            self._delete(key)
+        else:
+            self._put(key, _POS.pack(partition, offset) + membership.encode())
+        self.skip_member_offset(partition, offset)
+
+    def apply_event(
+        self, partition: int, offset: int, room_id: str, event_id: str, stream_pos: int
+    ) -> None:
+        self.skip_member_offset(partition, offset)
+        if self.recent_events <= 0:
+            return
+        key = b"V" + room_id.encode()
+        raw = self._get(key)
+        newest = [tuple(e) for e in orjson.loads(raw)] if raw is not None else []
+        entry = (stream_pos, event_id)
+        if any(e == event_id for _, e in newest):
+            return
+        if len(newest) >= self.recent_events and entry <= newest[0]:
+            return
+        newest = heapq.nlargest(self.recent_events, [*newest, entry])[::-1]
+        self._put(key, orjson.dumps(newest))
+
+    def skip_member_offset(self, partition: int, offset: int) -> None:
+        self._m_next[partition] = max(self._m_next[partition], offset + 1)
+
+    def rollback(self) -> None:
+        """Drop the batch in progress (its records are read again)."""
+        self._pending = {}
+        self._r_next = list(self.receipt_next)
+        self._m_next = list(self.member_next)
+
+    def commit(self) -> None:
+        """Write the batch and the offsets it reaches atomically; then answer from it."""
+        if (
+            not self._pending
+            and self._r_next == self.receipt_next
+            and self._m_next == self.member_next
+        ):
+            return
+        batch = WriteBatch(raw_mode=True)
+        for key, value in self._pending.items():
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        for prefix, nexts in ((b"Or", self._r_next), (b"Om", self._m_next)):
+            for p, n in enumerate(nexts):
+                batch.put(prefix + struct.pack(">H", p), _NEXT.pack(n))
+        batch.put(_WRITTEN, _NEXT.pack(int(time.time() * 1000)))
+        self.db.write(batch)
+        self._pending = {}
+        self.receipt_next = list(self._r_next)
+        self.member_next = list(self._m_next)
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def token(self) -> Token:
+        return Token(tuple(self.receipt_next), tuple(self.member_next))
+
+    def _scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        it = self.db.iter()
+        it.seek(start or prefix)
+        while it.valid():
+            key = it.key()
+            if not key.startswith(prefix):
+                return
+            yield key, it.value()
+            it.next()
+
+    def _slots(self, raw_keys: Iterable[bytes]) -> Changes:
+        """The slots of `raw_keys` (those present), in changelog order."""
+        keys = list(dict.fromkeys(raw_keys))
+        if not keys:
+            return []
+        values = self.db.get([b"S" + k for k in keys])
+        found = []
+        for raw_key, value in zip(keys, values, strict=True):
+            if value is not None:
+                position = _POS.unpack_from(value)
+                found.append((position, raw_key, value[_POS.size :]))
+        found.sort()
+        return [(ReceiptKey.decode(k), Receipt.decode(v)) for _, k, v in found]
+
+    def member_entry(self, room_id: str, user_id: str) -> tuple[str, int, int] | None:
+        raw = self.db.get(b"M" + user_id.encode() + b"\0" + room_id.encode())
+        if raw is None:
+            return None
+        partition, offset = _POS.unpack_from(raw)
+        return raw[_POS.size :].decode(), partition, offset
+
+    def membership(self, room_id: str, user_id: str) -> str | None:
+        entry = self.member_entry(room_id, user_id)
+        return entry[0] if entry else None
+
+    def joined_rooms(self, user_id: str) -> list[str]:
+        prefix = b"M" + user_id.encode() + b"\0"
+        return sorted(
+            key[len(prefix) :].decode()
+            for key, value in self._scan(prefix)
+            if value[_POS.size :] == b"join"
+        )
+
+    def room_receipts(self, room_id: str) -> Changes:
+        return self._slots(v for _, v in self._scan(_room(b"P", room_id)))
+
+    def room_changes_since(self, room_id: str, since: Token) -> Changes:
+        last = self.db.get(b"L" + room_id.encode())
+        if last is None:
+            return []
+        partition, _ = _POS.unpack(last)
+        prefix = _room(b"P", room_id)
+        start = prefix + _POS.pack(partition, since.receipts[partition])
+        return self._slots(v for _, v in self._scan(prefix, start))
+
+    def rooms_changed_since(self, room_ids: Iterable[str], since: Token) -> set[str]:
+        rooms = list(room_ids)
+        lasts = self.db.get([b"L" + r.encode() for r in rooms]) if rooms else []
+        changed = set()
+        for room_id, last in zip(rooms, lasts, strict=True):
+            if last is not None:
+                partition, offset = _POS.unpack(last)
+                if offset >= since.receipts[partition]:
+                    changed.add(room_id)
+        return changed
+
+    def receipts_on_events(self, room_id: str, event_ids: Iterable[str]) -> Changes:
+        keys = []
+        for event_id in set(event_ids):
+            prefix = _room(b"E", room_id) + event_id.encode() + b"\0"
+            keys += [k[len(prefix) :] for k, _ in self._scan(prefix)]
+        return self._slots(keys)
+
+    def user_receipts(self, room_id: str, user_id: str) -> Changes:
+        prefix = _room(b"U", room_id) + user_id.encode() + b"\0"
+        return self._slots(k[len(prefix) :] for k, _ in self._scan(prefix))
+
+    def latest_events(self, room_id: str, limit: int) -> list[str]:
+        raw = self.db.get(b"V" + room_id.encode())
+        if raw is None or limit <= 0:
+            return []
+        return [e for _, e in orjson.loads(raw)[-limit:]]
+
+    def sync(self, user_id: str, since: Token | None) -> dict[str, Any]:
+        return sync_rooms(self, user_id, since)

@@ -1,0 +1,193 @@
+"""The on-disk view of the changelogs answers every query exactly as the in-memory index does,
+however its feed is cut into batches; the sliding-sync property holds over it; it survives a
+restart from its local copy, rebuilds when that copy is not for its changelogs, and keeps
+RocksDB's memory within its bound."""
+
+from __future__ import annotations
+
+import tempfile
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from receipt_streams.adapters.api.read_store import DiskView
+from receipt_streams.adapters.engine.stores import RocksMemory
+from receipt_streams.core.receipts import Receipt, ReceiptKey, client_data
+from receipt_streams.core.sync_view import SyncIndex, Token
+from tests.support.sliding import OPS, check_owed
+
+USERS = ("@me:hs1", "@a:hs1", "@b:hs2")
+ROOMS = ("!r1:hs1", "!r2:hs1", "!r3:hs2")
+EVENTS = ("$e0", "$e1", "$e2", "$e3")
+MEMORY = RocksMemory(8 * 2**20, 1 * 2**20)  # one for every test view: bounded in all
+
+_receipt = st.tuples(
+    st.just("r"),
+    st.sampled_from(ROOMS),
+    st.sampled_from(USERS),
+    st.sampled_from(("m.read", "m.read.private", "m.fully_read")),
+    st.sampled_from(EVENTS),
+    st.sampled_from((None, "main", "$root")),
+    st.booleans(),  # a tombstone (rare on the changelog, but it must be right)
+)
+_member = st.tuples(
+    st.just("m"),
+    st.sampled_from(ROOMS),
+    st.sampled_from(USERS),
+    st.sampled_from(("join", "join", "leave", "invite", None)),
+)
+_event = st.tuples(st.just("e"), st.sampled_from(ROOMS), st.sampled_from(EVENTS), st.integers(0, 9))
+_commit = st.tuples(st.just("commit"))
+
+
+class Both:
+    """The same records fed to a SyncIndex and a DiskView, offsets numbered per partition."""
+
+    def __init__(self, path: Path, recent: int = 3) -> None:
+        self.memory = SyncIndex(2, 2, recent)
+        self.disk = DiskView(path, 2, 2, recent, MEMORY)
+        self.r_next, self.m_next = [0, 0], [0, 0]
+
+    def feed(self, op: tuple) -> None:
+        views: list[Any] = [self.memory, self.disk]
+        if op[0] == "commit":
+            for v in views:
+                v.commit()
+            return
+        partition = ROOMS.index(op[1]) % 2
+        if op[0] == "r":
+            _, room, user, rtype, event, thread, tomb = op
+            thread = None if rtype == "m.fully_read" else thread
+            k = ReceiptKey(room, user, rtype, thread)
+            v = None if tomb else Receipt(event, 1, 7, client_data(7, thread))
+            for view in views:
+                view.apply_receipt(partition, self.r_next[partition], k, v)
+            self.r_next[partition] += 1
+            return
+        for view in views:
+            if op[0] == "m":
+                view.apply_membership(partition, self.m_next[partition], *op[1:])
+            else:
+                view.apply_event(partition, self.m_next[partition], *op[1:3], op[3])
+        self.m_next[partition] += 1
+
+
+def same_answers(memory: SyncIndex, disk: DiskView, tokens: list[Token]) -> None:
+    assert disk.token() == memory.token()
+    for room in ROOMS:
+        assert disk.room_receipts(room) == memory.room_receipts(room)
+        assert disk.latest_events(room, 2) == memory.latest_events(room, 2)
+        for events in ((), EVENTS[:1], EVENTS[1:3], EVENTS):
+            assert disk.receipts_on_events(room, events) == memory.receipts_on_events(room, events)
+        for user in USERS:
+            assert disk.user_receipts(room, user) == memory.user_receipts(room, user)
+            assert disk.member_entry(room, user) == memory.member_entry(room, user)
+        for token in tokens:
+            assert disk.room_changes_since(room, token) == memory.room_changes_since(room, token)
+    for token in tokens:
+        assert disk.rooms_changed_since(ROOMS, token) == memory.rooms_changed_since(ROOMS, token)
+    for user in USERS:
+        assert disk.joined_rooms(user) == memory.joined_rooms(user)
+        for token in [None, *tokens]:
+            assert disk.sync(user, token) == memory.sync(user, token)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(_receipt, _receipt, _member, _event, _commit), max_size=60))
+def test_disk_view_answers_as_the_memory_index(ops: list[tuple]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        both = Both(Path(tmp) / "view")
+        tokens = []
+        for op in [*ops, ("commit",)]:
+            both.feed(op)
+            if op[0] == "commit":
+                tokens.append(both.memory.token())
+        same_answers(both.memory, both.disk, tokens)
+        # A restart: the local copy is ready at once, at the same position, same answers.
+        both.disk.close()
+        reopened = DiskView(Path(tmp) / "view", 2, 2, 3, MEMORY)
+        same_answers(both.memory, reopened, tokens)
+        reopened.close()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(OPS, st.integers(1, 4))
+def test_sliding_sync_property_over_the_disk_view(ops: list[tuple], max_rooms: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        view = DiskView(Path(tmp) / "view", 2, 1, 3, MEMORY)
+        check_owed(ops, max_rooms, view)
+        view.close()
+
+
+def test_uncommitted_writes_are_neither_answered_nor_kept(tmp_path: Path) -> None:
+    view = DiskView(tmp_path / "v", 2, 2, 3, MEMORY)
+    k = ReceiptKey(ROOMS[0], USERS[0], "m.read", None)
+    view.apply_receipt(0, 0, k, Receipt("$e0", 1, 1, {"ts": 1}))
+    view.commit()
+    view.apply_receipt(0, 1, k, Receipt("$e1", 2, 2, {"ts": 2}))  # a batch cut by a crash
+    assert view.room_receipts(ROOMS[0]) == [(k, Receipt("$e0", 1, 1, {"ts": 1}))]
+    assert view.token().receipts == (1, 0)
+    view.close()
+    again = DiskView(tmp_path / "v", 2, 2, 3, MEMORY)
+    assert again.token().receipts == (1, 0)  # the feed reads offset 1 again
+    assert again.receipts_on_events(ROOMS[0], ["$e0"]) == [(k, Receipt("$e0", 1, 1, {"ts": 1}))]
+    again.close()
+
+
+def test_a_copy_for_other_changelogs_or_too_old_is_rebuilt(tmp_path: Path) -> None:
+    k = ReceiptKey(ROOMS[0], USERS[0], "m.read", None)
+    view = DiskView(tmp_path / "v", 2, 2, 3, MEMORY, identity={"app_id": "one"})
+    view.apply_receipt(0, 0, k, Receipt("$e0", 1, 1, {"ts": 1}))
+    view.commit()
+    view.close()
+    same = DiskView(tmp_path / "v", 2, 2, 3, MEMORY, identity={"app_id": "one"})
+    assert not same.empty
+    same.close()
+    for changed in (
+        {"identity": {"app_id": "two"}},
+        {"identity": {"app_id": "one"}, "max_age_s": -1.0},
+    ):
+        other = DiskView(tmp_path / "v", 2, 2, 3, MEMORY, **changed)  # type: ignore[arg-type]
+        assert other.empty and other.room_receipts(ROOMS[0]) == []
+        other.apply_receipt(0, 0, k, Receipt("$e0", 1, 1, {"ts": 1}))
+        other.commit()
+        other.close()
+    layout = DiskView(tmp_path / "v", 4, 2, 3, MEMORY, identity={"app_id": "one"})
+    assert layout.empty and layout.token().receipts == (0, 0, 0, 0)
+    layout.wipe()
+    assert layout.empty
+    layout.close()
+
+
+def test_memory_stays_within_its_bound_whatever_the_key_count(tmp_path: Path) -> None:
+    """RocksDB's memory (block cache and memtables) is charged to one bounded cache (a
+    memtable may pass it briefly before its flush, as the tables' stores do); Python keeps
+    nothing per key once a batch is written."""
+    memory = RocksMemory(4 * 2**20, 256 * 2**10)
+    view = DiskView(tmp_path / "v", 1, 1, 3, memory)
+    bound = memory.total_bytes * 5 // 4
+    offset = 0
+    tracemalloc.start()
+    try:
+        for batch in range(20):
+            for n in range(2500):
+                room = f"!room{n % 500}:hs1"
+                k = ReceiptKey(room, f"@u{batch}-{n}:hs1", "m.read", None)
+                view.apply_receipt(0, offset, k, Receipt(f"$e{n}", n, n, {"ts": n}))
+                offset += 1
+            view.commit()
+            assert memory.usage() <= bound
+            if batch == 1:
+                start = tracemalloc.get_traced_memory()[0]
+        grown = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    assert grown < 1 << 20, f"{grown} bytes kept in Python for 45,000 more keys"
+    assert len(view.room_receipts("!room7:hs1")) == 100
+    for n in range(0, 500, 7):
+        view.rooms_changed_since([f"!room{n}:hs1"], Token((0,), (0,)))
+        assert memory.usage() <= bound
+    view.close()
