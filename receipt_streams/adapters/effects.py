@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from receipt_streams.adapters import metrics
+from receipt_streams.adapters.compact import compact
 from receipt_streams.config import Settings
 from receipt_streams.core.dlq import DlqBounds, Source
 from receipt_streams.core.feeds import FeedOptions
@@ -148,11 +149,14 @@ class Router:
         removals: list[HeldRemoval] = []
         for effect in effects:
             tally.effect(effect, source)
+            # Outputs wait in the batch until it is published: kept compact (a DLQ record's
+            # value is built by the core already in one piece).
             if isinstance(effect, SendDlq):
                 outputs.append((self.dlq, effect.topic.encode(), effect.record, None))
             elif isinstance(effect, Emit):
                 to = partition if effect.stream in FEEDS else None
-                outputs.append((self.streams[effect.stream], effect.key, effect.value, to))
+                value = compact(effect.value) if effect.value is not None else None
+                outputs.append((self.streams[effect.stream], compact(effect.key), value, to))
             elif isinstance(effect, HeldRemoval):
                 removals.append(effect)
             elif isinstance(effect, Removed):

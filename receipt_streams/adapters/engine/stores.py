@@ -8,9 +8,7 @@ the one for unit tests; `Overlay` is the view the core folds a batch through.
 
 Memory is bounded in bytes: each store's read cache by `cache_bytes`, and RocksDB's own
 memory (block cache and memtables) by one `RocksMemory` shared by every store of a process.
-Bytes kept beyond a call are copied first (`compact`): orjson (3.12 on) returns a `bytes`
-whose allocation is about 4 KB however short it is, so keeping the core's keys and values as
-they come would cost 4 KB each (README, Performance).
+Bytes kept beyond a call are copied first (`adapters/compact.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +21,8 @@ from pathlib import Path
 
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteBufferManager
 
+from receipt_streams.adapters.compact import compact
+
 Writes = Mapping[bytes, bytes | None]  # None: delete (a tombstone on the changelog)
 
 # Table keys are JSON arrays (they start with "["), so this key can never be a table key.
@@ -32,11 +32,6 @@ _UNSET = object()
 # headers and an OrderedDict entry (measured with tracemalloc: about 170 bytes).
 ENTRY_OVERHEAD = 176
 MiB = 1 << 20
-
-
-def compact(data: bytes) -> bytes:
-    """A copy of `data` in an allocation of its own size (see the module docstring)."""
-    return b"".join((data, b""))
 
 
 class RocksMemory:
