@@ -207,9 +207,27 @@ def test_worker_state_is_on_a_volume_per_pod() -> None:
     env = {e["name"]: e.get("value") for e in container["env"]}
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     assert mounts[env["RECEIPT_STREAMS_DATA_DIR"]] in claims
-    volumes = [s.get("volumes", []) for s in compose()["services"].values()]
+    services = compose()["services"]
+    volumes = [s.get("volumes", []) for s in services.values()]
     mounted = [v for vs in volumes for v in vs if str(v).endswith(":/data")]
-    assert len(set(mounted)) == 2  # one volume per compose worker
+    assert len(set(mounted)) == len(mounted) == 3  # a volume each: two workers, the API
+
+
+def test_api_processes_keep_their_view_on_disk() -> None:
+    """Memory bounded whatever the key count: the API's view in RocksDB, on a volume."""
+    (deployment,) = (
+        d
+        for d in k8s_docs()
+        if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-api")
+    )
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["RECEIPT_STREAMS_READ_STORE"] == "rocksdb"
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts[env["RECEIPT_STREAMS_DATA_DIR"]] in {v["name"] for v in pod["volumes"]}
+    api_env = compose()["services"]["api"]["environment"]
+    assert api_env["RECEIPT_STREAMS_READ_STORE"] == "rocksdb"
 
 
 def test_probes_use_real_paths_on_the_client_port() -> None:
