@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from receipt_streams.adapters import metrics
+from receipt_streams.adapters.parking import bounded
 from receipt_streams.config import Settings
 from receipt_streams.core.dlq import DlqBounds, Source
 from receipt_streams.core.parsing import Rejection
@@ -93,6 +94,7 @@ class Router:
 
     def __init__(self, processor: Processor, s: Settings) -> None:
         self.processor = processor
+        self.s = s
         self.dlq = s.topic_dlq
         self.federation_topics = {s.topic_federation_in, s.topic_federation}
         self.streams = {FEDERATION_IN: s.topic_federation_in, FEDERATION_OUT: s.topic_outbox}
@@ -114,17 +116,25 @@ class Router:
         return "federation" if topic in self.federation_topics else "client"
 
     def carry_out(
-        self, effects: list[Effect], source: str, outputs: list[Output], tally: Tally
+        self,
+        effects: list[Effect],
+        source: str,
+        outputs: list[Output],
+        tally: Tally,
+        origin: Source | None = None,
     ) -> list[HeldRemoval]:
         """Append the records `effects` ask for to `outputs`; count them; return the held
-        receipts to forget once those records are durable."""
+        receipts to forget once those records are durable. With `origin` (the input record),
+        an output over the producer's limit becomes a DLQ record instead (the core keeps its
+        outputs far smaller: this is defence in depth)."""
         removals: list[HeldRemoval] = []
         for effect in effects:
             tally.effect(effect, source)
             if isinstance(effect, SendDlq):
                 outputs.append((self.dlq, effect.topic.encode(), effect.record, None))
             elif isinstance(effect, Emit):
-                outputs.append((self.streams[effect.stream], effect.key, effect.value, None))
+                out = (self.streams[effect.stream], effect.key, effect.value, None)
+                outputs.append(out if origin is None else bounded(self.s, out, origin))
             elif isinstance(effect, HeldRemoval):
                 removals.append(effect)
         return removals

@@ -302,6 +302,11 @@ class Overlay(MutableMapping[bytes, bytes]):
         self.sealed.append(writes)
         return writes
 
+    def discard(self) -> None:
+        """Forget every write the store does not hold (their batches failed)."""
+        self.pending = {}
+        self.sealed = []
+
     def settle(self, writes: dict[bytes, bytes | None]) -> None:
         """The store now holds `writes`, the oldest sealed batch: stop keeping them."""
         if not self.sealed or self.sealed[0] is not writes:

@@ -157,7 +157,7 @@ class Relay(ABC, Generic[State]):
     def _sink(self, tp: TopicPartition) -> PartitionSink:
         assert self.consumer is not None
         tid = f"{self.s.app_id}-{self.name}-{tp.partition}"
-        return sink_for(self.s, tid, self.group_id, self.shared, self.consumer)
+        return sink_for(self.s, tid, self.group_id, self.consumer)
 
     async def assign(self, tps: list[TopicPartition]) -> None:
         new = [tp for tp in tps if tp not in self.sinks]

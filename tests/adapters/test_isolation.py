@@ -1,0 +1,115 @@
+"""Splitting a failed batch (issue 12): for any batch and any records at fault, exactly those
+are parked, and every other record is processed once, in order; and only failures a record
+can cause lead to splitting."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    NotLeaderForPartitionError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    RecordTooLargeError,
+    RequestTimedOutError,
+    TopicAuthorizationFailedError,
+    UnknownError,
+)
+from hypothesis import given
+from hypothesis import strategies as st
+
+from receipt_streams.adapters.isolation import NotTheRecords, caused_by_contents, isolate
+from receipt_streams.adapters.transactions import Fenced
+
+
+def run_isolation(n: int, poison: set[int]) -> tuple[list[int], list[int], int]:
+    """(processed, parked, attempts) for a batch 0..n-1 where any part holding a poison
+    position fails (as a batch whose output the broker refuses does)."""
+    processed: list[int] = []
+    parked: list[int] = []
+    attempts = 0
+
+    async def attempt(part: Sequence[int]) -> BaseException | None:
+        nonlocal attempts
+        attempts += 1
+        if poison.intersection(part):
+            return MessageSizeTooLargeError()
+        processed.extend(part)
+        return None
+
+    async def park(item: int, exc: BaseException) -> None:
+        assert isinstance(exc, MessageSizeTooLargeError)
+        parked.append(item)
+
+    returned = asyncio.run(isolate(list(range(n)), attempt, park))
+    assert returned == parked
+    return processed, parked, attempts
+
+
+@given(st.integers(0, 300).flatmap(lambda n: st.tuples(st.just(n), st.sets(st.integers(0, n)))))
+def test_exactly_the_poison_is_parked_and_the_rest_processed_once_in_order(
+    case: tuple[int, set[int]],
+) -> None:
+    n, positions = case
+    poison = {p for p in positions if p < n}
+    processed, parked, _ = run_isolation(n, poison)
+    assert parked == sorted(poison)
+    assert processed == [i for i in range(n) if i not in poison]
+
+
+def test_one_poison_in_a_large_batch_takes_few_attempts() -> None:
+    _, parked, attempts = run_isolation(5000, {3141})
+    assert parked == [3141]
+    assert attempts <= 2 * 13 + 1  # two per halving, plus the whole batch
+
+
+def test_an_error_the_attempt_raises_stops_the_isolation() -> None:
+    async def attempt(part: Sequence[int]) -> BaseException | None:
+        raise KafkaConnectionError()
+
+    async def park(item: int, exc: BaseException) -> None:
+        raise AssertionError("nothing is parked on a transient failure")
+
+    with pytest.raises(KafkaConnectionError):
+        asyncio.run(isolate([1, 2, 3], attempt, park))
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        MessageSizeTooLargeError(),
+        RecordTooLargeError(),
+        UnknownError(),  # e.g. INVALID_RECORD (87), unknown to aiokafka
+        ValueError("a bug a record hits"),
+        KeyError("x"),
+    ],
+)
+def test_refused_data_and_processing_errors_are_split(exc: BaseException) -> None:
+    assert caused_by_contents(exc)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        KafkaConnectionError(),
+        NotLeaderForPartitionError(),
+        RequestTimedOutError(),
+        KafkaTimeoutError(),
+        OutOfOrderSequenceNumber(),
+        ProducerFenced(),
+        Fenced("another owner"),
+        TopicAuthorizationFailedError(),
+        TimeoutError(),
+        ConnectionResetError(),
+        MemoryError(),
+        NotTheRecords("store write"),
+        asyncio.CancelledError(),
+    ],
+)
+def test_broker_network_fencing_and_producer_state_are_never_split(exc: BaseException) -> None:
+    assert not caused_by_contents(exc)
