@@ -55,14 +55,24 @@ def get(url: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-async def create_small_outbox(s: Settings) -> None:
+async def create_small_topic(s: Settings, topic: str, max_bytes: int) -> None:
+    """`topic`, created before the worker does, with a small `max.message.bytes`."""
     admin = AIOKafkaAdminClient(bootstrap_servers=s.bootstrap_servers)
     await admin.start()
     try:
-        config = {"max.message.bytes": str(OUTBOX_MAX_BYTES)}
-        await admin.create_topics([NewTopic(s.topic_outbox, s.partitions, 1, topic_configs=config)])
+        config = {"max.message.bytes": str(max_bytes)}
+        await admin.create_topics([NewTopic(topic, s.partitions, 1, topic_configs=config)])
     finally:
         await admin.close()
+
+
+def parked_metric(s: Settings, reason: str, topic: str) -> float | None:
+    _, text = get(f"http://127.0.0.1:{s.admin_port}/metrics")
+    prefix = f'receipt_streams_parked_total{{reason="{reason}",topic="{topic}"}} '
+    for line in text.decode().splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix) :])
+    return None
 
 
 @pytest.fixture
@@ -83,7 +93,7 @@ async def test_a_receipt_whose_output_the_broker_refuses_is_parked(
     settings: Settings, worker: WorkerProcess, kafka_bootstrap: str
 ) -> None:
     s = settings
-    await create_small_outbox(s)
+    await create_small_topic(s, s.topic_outbox, OUTBOX_MAX_BYTES)
     worker.start().wait_ready()
 
     room = Room(s, "!refused:hs1")
@@ -120,9 +130,43 @@ async def test_a_receipt_whose_output_the_broker_refuses_is_parked(
     assert ready["parked"]["last"]["reason"] == "unproducible"
     assert ready["parked"]["last"]["topic"] == s.topic_client
 
+    assert parked_metric(s, "unproducible", s.topic_client) == 1.0
     _, text = get(f"http://127.0.0.1:{s.admin_port}/metrics")
     metrics = text.decode()
-    line = f'receipt_streams_parked_total{{reason="unproducible",topic="{s.topic_client}"}} 1.0'
-    assert line in metrics
     assert 'receipt_streams_isolations_total{loop="fold"}' in metrics
     assert 'receipt_streams_loop_restarts_total{loop="fold"}' not in metrics  # no restart
+
+
+async def test_a_delta_the_broker_refuses_is_parked_and_the_relay_goes_on(
+    settings: Settings, worker: WorkerProcess, kafka_bootstrap: str
+) -> None:
+    """The sync topic takes 4 KB: a delta of 200 receipts (about 20 KB) is refused. The
+    relay probes its outputs, parks the refused delta, and publishes the rest."""
+    s = settings
+    await create_small_topic(s, s.topic_sync, 4_096)
+    worker.start().wait_ready()
+
+    room = Room(s, "!crowd:hs1")
+    canary_room = same_partition_room(s, room, "canary")
+    users = [f"@user{i:03}:hs1" for i in range(200)]
+    setup = [*(room.member(u) for u in users), room.event("$e1"), canary_room.member(CANARY)]
+    await produce(kafka_bootstrap, setup)
+    await produce(kafka_bootstrap, [room.receipt(u, "m.read", "$e1", 1) for u in users])
+
+    assert await canary_folds(kafka_bootstrap, worker, canary_room, "$canary") < CANARY_WITHIN_S
+
+    def parked(values: list[dict[str, Any]]) -> bool:
+        return any(v.get("output", {}) and v["output"]["topic"] == s.topic_sync for v in values)
+
+    records = await dlq_records(kafka_bootstrap, worker, parked, "the parked delta")
+    mine = [orjson.loads(v) for _, v in records if orjson.loads(v).get("output")]
+    assert mine and all(r["error"]["code"] == "unproducible" for r in mine)
+    for record in mine:
+        assert record["topic"] == s.changelog_receipts and record["offset"] == -1
+        assert orjson.loads(record["value"])["room_id"] == room.room_id  # the delta itself
+        assert record["value_size"] > 4_096
+    assert parked_metric(s, "unproducible", s.changelog_receipts) == len(mine)
+    status, body = get(f"http://127.0.0.1:{s.admin_port}/readyz")
+    assert status == 200, body
+    _, text = get(f"http://127.0.0.1:{s.admin_port}/metrics")
+    assert 'receipt_streams_loop_restarts_total{loop="sync-deltas"}' not in text.decode()
