@@ -11,6 +11,7 @@ seconds, without a restart; `/metrics` and `/readyz` show the parked record.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import urllib.request
 from collections.abc import Iterator
@@ -21,12 +22,16 @@ import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from receipt_streams.adapters.effects import Router
+from receipt_streams.adapters.engine.runner import FoldEngine
+from receipt_streams.adapters.parking import ParkedLog
 from receipt_streams.adapters.sending import partition_of
+from receipt_streams.adapters.topics import ensure_topics
 from receipt_streams.config import Settings
 from receipt_streams.core.dlq import DlqBounds
 from tests.adapters.test_poison import CANARY, CANARY_WITHIN_S, canary_folds, dlq_records
 from tests.support.scenario import Room
-from tests.support.worker import WorkerProcess, dumps, produce, worker_settings
+from tests.support.worker import TopicReader, WorkerProcess, dumps, produce, worker_settings
 
 pytestmark = pytest.mark.broker
 
@@ -170,3 +175,106 @@ async def test_a_delta_the_broker_refuses_is_parked_and_the_relay_goes_on(
     assert status == 200, body
     _, text = get(f"http://127.0.0.1:{s.admin_port}/metrics")
     assert 'receipt_streams_loop_restarts_total{loop="sync-deltas"}' not in text.decode()
+
+
+async def test_a_record_whose_processing_raises_is_parked_in_process(
+    settings: Settings, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug outside the per-record guard (simulated: the router raises for one record)
+    fails the batch while it is folded: the batch is split, that record parked as
+    `poison_batch`, the records around it folded, with no restart."""
+    s = settings
+    original = Router.handle
+
+    def handle(self: Router, record: Any, now: int) -> Any:
+        if record.value and b"$boom" in record.value:
+            raise RuntimeError("a bug this record hits")
+        return original(self, record, now)
+
+    monkeypatch.setattr(Router, "handle", handle)
+    ParkedLog.clear()
+    await ensure_topics(s)
+    engine = FoldEngine(s)
+    running = asyncio.create_task(engine.run_forever())
+    try:
+        room = Room(s, "!boom:hs1")
+        events = [room.event(f"$e{i}") for i in range(10)]
+        await produce(
+            kafka_bootstrap,
+            [room.member(LOCAL), *events[:5], room.event("$boom"), *events[5:]],
+        )
+        await produce(kafka_bootstrap, [room.receipt(LOCAL, "m.read", "$e9", 1)])
+
+        def folded(values: list[Any]) -> bool:
+            return any(v.get("event_id") == "$e9" for v in values)
+
+        async with TopicReader(kafka_bootstrap, s.changelog_receipts) as changelog:
+            await changelog.wait_for(
+                lambda r: folded([orjson.loads(m.value) for m in r if m.value]), timeout=30
+            )
+        async with TopicReader(kafka_bootstrap, s.topic_dlq) as dlq:
+            await dlq.wait_for(lambda r: bool(r), timeout=10)
+            await dlq.poll(500)
+            records = [orjson.loads(m.value) for m in dlq.records]
+        assert [r["error"]["code"] for r in records] == ["poison_batch"]
+        assert records[0]["topic"] == s.topic_events and "$boom" in records[0]["value"]
+        assert "a bug this record hits" in records[0]["error"]["message"]
+        assert ParkedLog.summary()["last"]["reason"] == "poison_batch"
+        assert engine.health.failures == 0 and engine.ready()
+        # Every event but $boom is in the room state: a receipt on each is applied at once.
+        state = engine.tasks[partition_of(room.key(), s.partitions)].processor.state
+        assert all(state.event(room.room_id, f"$e{i}") is not None for i in range(10))
+        assert state.event(room.room_id, "$boom") is None
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_an_output_over_the_producer_limit_becomes_a_dlq_record(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """With `producer_max_request_bytes` at 64 KiB, a receipt whose outbox record names 400
+    servers of 200 bytes (about 80 KB) is folded, and its outbox record becomes a bounded
+    DLQ record (`unproducible`, `output.topic`) before it is sent: nothing fails."""
+    s = worker_settings(kafka_bootstrap, tmp_path, producer_max_request_bytes=65_536)
+    worker = WorkerProcess(s, tmp_path / "worker.log")
+    try:
+        worker.start().wait_ready()
+        room = Room(s, "!wide:hs1")
+        servers = [f"s{i:03}." + "x" * 190 + ".example" for i in range(400)]
+        members = [room.member(f"@u:{server}") for server in servers]
+        await produce(kafka_bootstrap, [room.member(LOCAL), *members, room.event("$e1")])
+        await produce(kafka_bootstrap, [room.member(CANARY)])
+        await produce(kafka_bootstrap, [room.receipt(LOCAL, "m.read", "$e1", 1)])
+
+        assert await canary_folds(kafka_bootstrap, worker, room, "$canary") < CANARY_WITHIN_S
+
+        def parked(values: list[dict[str, Any]]) -> bool:
+            return any(v.get("output") for v in values)
+
+        records = await dlq_records(kafka_bootstrap, worker, parked, "the outbox record")
+        # The local user's and the canary's (same room): each outbox record is too large.
+        # The input named is the record whose processing made it (the canary's receipt may
+        # have waited for its event, and been folded when the event came).
+        mine = [(v, orjson.loads(v)) for _, v in records if orjson.loads(v).get("output")]
+        (local,) = [r for _, r in mine if f'"user_id":"{LOCAL}"' in r["value"]]
+        assert local["topic"] == s.topic_client
+        for raw, record in mine:
+            assert record["output"] == {"topic": s.topic_outbox}
+            assert record["error"]["code"] == "unproducible"
+            assert record["topic"] in (s.topic_client, s.topic_events)
+            assert record["value_size"] > 65_536 and record["value_truncated"]
+            assert len(raw) <= DlqBounds().record_bytes
+        counted = [parked_metric(s, "unproducible", t) for t in (s.topic_client, s.topic_events)]
+        assert sum(n or 0 for n in counted) == len(mine)
+        # The receipt itself was folded: it is in a delta.
+        async with TopicReader(kafka_bootstrap, s.topic_sync) as sync:
+            await sync.wait_for(
+                lambda _: any(
+                    LOCAL in str(v.get("receipt", {}).get("content", {}).get("$e1", {}))
+                    for v in sync.values()
+                ),
+                timeout=10,
+            )
+    finally:
+        worker.stop()
