@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from receipt_streams.adapters.engine.runner import FoldEngine
 from receipt_streams.adapters.parking import ParkedLog
 from receipt_streams.adapters.sending import partition_of
 from receipt_streams.adapters.topics import ensure_topics
+from receipt_streams.bench.measure import group_caught_up
 from receipt_streams.config import Settings
 from receipt_streams.core.dlq import DlqBounds
 from tests.adapters.test_poison import CANARY, CANARY_WITHIN_S, canary_folds, dlq_records
@@ -276,5 +278,44 @@ async def test_an_output_over_the_producer_limit_becomes_a_dlq_record(
                 ),
                 timeout=10,
             )
+    finally:
+        worker.stop()
+
+
+async def test_faust_parks_an_output_the_broker_refuses(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The faust engine sends each output on its own and Faust drops a refused one with a
+    warning: it is now sent once more, then parked (its key and value, `output.topic`); the
+    receipt itself is folded, and the fold goes on."""
+    s = worker_settings(kafka_bootstrap, tmp_path, engine="faust")
+    await create_small_topic(s, s.topic_outbox, OUTBOX_MAX_BYTES)
+    worker = WorkerProcess(s, tmp_path / "worker.log")
+    try:
+        worker.start().wait_ready()
+        room = Room(s, "!refused:hs1")
+        canary_room = same_partition_room(s, room, "canary")
+        setup = [room.member(LOCAL), *remote_members(room, 300), room.event("$e1")]
+        await produce(kafka_bootstrap, [*setup, canary_room.member(CANARY)])
+        # Faust folds each topic as it comes (no order across topics): let the joins in first.
+        deadline = time.monotonic() + 30
+        while not await group_caught_up(kafka_bootstrap, s.app_id, [s.topic_membership]):
+            assert time.monotonic() < deadline, worker.tail()
+            await asyncio.sleep(0.2)
+        await produce(kafka_bootstrap, [room.receipt(LOCAL, "m.read", "$e1", 1)])
+
+        assert await canary_folds(kafka_bootstrap, worker, canary_room, "$canary") < 30
+
+        def parked(values: list[dict[str, Any]]) -> bool:
+            return any(v.get("output") for v in values)
+
+        records = await dlq_records(kafka_bootstrap, worker, parked, "the refused outbox record")
+        (raw,) = [v for _, v in records if orjson.loads(v).get("output")]
+        record = orjson.loads(raw)
+        assert record["output"] == {"topic": s.topic_outbox}
+        assert record["error"]["code"] == "unproducible" and record["topic"] == s.topic_client
+        assert "MessageSizeTooLarge" in record["error"]["message"]
+        assert f'"user_id":"{LOCAL}"' in record["value"] and len(raw) <= DlqBounds().record_bytes
+        assert parked_metric(s, "unproducible", s.topic_client) == 1.0
     finally:
         worker.stop()
