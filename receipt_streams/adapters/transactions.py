@@ -86,9 +86,13 @@ class PartitionSink(ABC):
         await self.producer.start()
 
     @abstractmethod
-    async def publish(self, steps: Sequence[Sequence[Output]], offsets: Offsets) -> Written:
+    async def publish(
+        self, steps: Sequence[Sequence[Output]], offsets: Offsets, apart: bool = False
+    ) -> Written:
         """Make `steps` (each acknowledged before the next is sent) and the input `offsets`
-        durable. Raises `Fenced` when the partition has another owner."""
+        durable. Raises `Fenced` when the partition has another owner. In one transaction
+        the steps go out together, unless `apart` (then in separate produce batches: parts
+        that the broker took one by one, but might refuse packed together)."""
 
     @abstractmethod
     async def probe(self, outputs: Sequence[Output]) -> None:
@@ -131,12 +135,19 @@ class TransactionalSink(PartitionSink):
             await self.stop()
             raise
 
-    async def publish(self, steps: Sequence[Sequence[Output]], offsets: Offsets) -> Written:
+    async def publish(
+        self, steps: Sequence[Sequence[Output]], offsets: Offsets, apart: bool = False
+    ) -> Written:
         p = self.producer
         try:
             await p.begin_transaction()
             # One transaction: its records become visible together, so no step waits.
-            written = await send_all(p, [record for step in steps for record in step])
+            if apart:
+                written: Written = {}
+                for step in steps:
+                    written.update(await send_all(p, step))
+            else:
+                written = await send_all(p, [record for step in steps for record in step])
             if offsets:
                 await p.send_offsets_to_transaction(offsets, self.group_id)
             await p.commit_transaction()
@@ -174,7 +185,9 @@ class AtLeastOnceSink(PartitionSink):
     def _new_producer(self) -> AIOKafkaProducer:
         return producer(self.s)
 
-    async def publish(self, steps: Sequence[Sequence[Output]], offsets: Offsets) -> Written:
+    async def publish(
+        self, steps: Sequence[Sequence[Output]], offsets: Offsets, apart: bool = False
+    ) -> Written:
         written: Written = {}
         for step in steps:
             written.update(await send_all(self.producer, step))

@@ -12,7 +12,8 @@ so when it keeps failing).
 An output can never stop a relay: one over `producer_max_request_bytes` becomes a DLQ record
 before it is sent, and when the broker refuses a partition's outputs, they are probed in
 halves (in transactions that are aborted) until the refused ones are found; those become DLQ
-records (`unproducible`) and the rest is published with the offsets, as one transaction.
+records (`unproducible`) and the rest is published with the offsets, as one transaction (part
+by part as probed: parts the broker took alone might be refused packed together).
 """
 
 from __future__ import annotations
@@ -180,6 +181,8 @@ class Relay(ABC, Generic[State]):
         )
         await sink.reset()  # a refused send leaves the producer unusable
 
+        taken: list[Sequence[Output]] = []  # the parts the broker took, in order
+
         async def probe(part: Sequence[Output]) -> BaseException | None:
             try:
                 await sink.probe(part)
@@ -188,6 +191,7 @@ class Relay(ABC, Generic[State]):
                     raise
                 await sink.reset()
                 return error
+            taken.append(part)
             return None
 
         refused: list[tuple[Output, BaseException]] = []
@@ -196,10 +200,9 @@ class Relay(ABC, Generic[State]):
             refused.append((output, error))
 
         await isolate(outputs, probe, park)
-        bad = {id(output) for output, _ in refused}
-        kept = [output for output in outputs if id(output) not in bad]
         dlq = [park_output(self.s, o, origin, f"refused by the broker: {e!r}") for o, e in refused]
-        await sink.publish([kept + dlq], offsets)
+        # Part by part, as probed: parts the broker took alone may be refused packed together.
+        await sink.publish([*taken, dlq], offsets, apart=True)
 
     # --- rebalance -----------------------------------------------------------------------
 
