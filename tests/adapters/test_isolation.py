@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
+import orjson
 import pytest
 from aiokafka.errors import (
     KafkaConnectionError,
@@ -24,7 +26,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from receipt_streams.adapters.isolation import NotTheRecords, caused_by_contents, isolate
+from receipt_streams.adapters.relays.deltas import DeltaRelay
 from receipt_streams.adapters.transactions import Fenced
+from receipt_streams.config import Settings
+from receipt_streams.core.dlq import Source
 
 
 def run_isolation(n: int, poison: set[int]) -> tuple[list[int], list[int], int]:
@@ -113,3 +118,48 @@ def test_refused_data_and_processing_errors_are_split(exc: BaseException) -> Non
 )
 def test_broker_network_fencing_and_producer_state_are_never_split(exc: BaseException) -> None:
     assert not caused_by_contents(exc)
+
+
+class FakeSink:
+    """Refuses a probe holding a poison output, or more than `limit` outputs at once (the
+    broker refusing outputs packed together that it takes one by one)."""
+
+    def __init__(self, poison: set[bytes], limit: int) -> None:
+        self.poison, self.limit = poison, limit
+        self.resets = 0
+        self.published: list[tuple[list[list[Any]], dict[Any, int], bool]] = []
+
+    async def probe(self, part: Sequence[Any]) -> None:
+        if len(part) > self.limit or any(value in self.poison for _, _, value, _ in part):
+            raise MessageSizeTooLargeError()
+
+    async def reset(self) -> None:
+        self.resets += 1
+
+    async def publish(self, steps: Any, offsets: Any, apart: bool = False) -> dict[Any, int]:
+        self.published.append(([list(step) for step in steps], offsets, apart))
+        return {}
+
+
+@pytest.mark.parametrize(("poison", "limit"), [({b"3"}, 100), (set(), 4), ({b"0", b"9"}, 3)])
+def test_a_relay_parks_the_refused_outputs_and_publishes_the_rest_in_order(
+    poison: set[bytes], limit: int
+) -> None:
+    s = Settings(topic_sync="sync", topic_dlq="dlq")
+    relay = DeltaRelay(s)
+    outputs: list[Any] = [("sync", b"!r", str(i).encode(), None) for i in range(10)]
+    sink = FakeSink(poison, limit)
+    origin = Source(s.changelog_receipts, 1, -1, None, None)
+    offsets = {"tp": 42}
+    asyncio.run(relay._park_refused(sink, origin, outputs, offsets, MessageSizeTooLargeError()))
+
+    ((steps, committed, apart),) = sink.published
+    assert committed == offsets and apart
+    *parts, dlq = steps
+    sent = [output for part in parts for output in part]
+    assert sent == [o for o in outputs if o[2] not in poison]
+    assert all(len(part) <= limit for part in parts)
+    parked = [orjson.loads(value) for _, _, value, _ in dlq]
+    assert [p["value"] for p in parked] == sorted(v.decode() for v in poison)
+    assert all(p["output"] == {"topic": "sync"} and p["offset"] == -1 for p in parked)
+    assert all(p["error"]["code"] == "unproducible" for p in parked)
