@@ -130,7 +130,9 @@ class FoldEngine:
                         moved = await self._positions_moved(consumer)
                         if federation or partitions or moved:
                             await self._fold_batch(federation, partitions)
-                        elif self.in_flight is None or self.in_flight.done():
+                        elif self.in_flight is None or (
+                            self.in_flight.done() and self._in_flight_failure() is None
+                        ):
                             self.health.succeeded()  # idle and nothing failing
                     await metrics.record_lag(self.name, consumer)
             finally:
