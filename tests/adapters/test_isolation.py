@@ -25,6 +25,7 @@ from aiokafka.errors import (
 from hypothesis import given
 from hypothesis import strategies as st
 
+from receipt_streams.adapters.engine.checkpoint import BatchFailed
 from receipt_streams.adapters.isolation import NotTheRecords, caused_by_contents, isolate
 from receipt_streams.adapters.relays.deltas import DeltaRelay
 from receipt_streams.adapters.transactions import Fenced
@@ -163,3 +164,12 @@ def test_a_relay_parks_the_refused_outputs_and_publishes_the_rest_in_order(
     assert [p["value"] for p in parked] == sorted(v.decode() for v in poison)
     assert all(p["output"] == {"topic": "sync"} and p["offset"] == -1 for p in parked)
     assert all(p["error"]["code"] == "unproducible" for p in parked)
+
+
+def test_a_batch_is_split_only_when_every_failed_task_failed_on_its_contents() -> None:
+    contents = BatchFailed({0: ([], MessageSizeTooLargeError()), 1: ([], ValueError("bug"))})
+    assert contents.on_contents()
+    mixed = BatchFailed({0: ([], MessageSizeTooLargeError()), 1: ([], KafkaConnectionError())})
+    assert not mixed.on_contents() and isinstance(mixed.cause(), KafkaConnectionError)
+    fenced = BatchFailed({0: ([], NotTheRecords("x")), 1: ([], Fenced("another owner"))})
+    assert isinstance(fenced.cause(), Fenced)  # counted as fenced, and the loop rejoins
