@@ -83,8 +83,9 @@ def parked_metric(s: Settings, reason: str, topic: str) -> float | None:
 
 
 @pytest.fixture
-def settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
-    return worker_settings(kafka_bootstrap, tmp_path)
+def settings(kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    guarantee = getattr(request, "param", "exactly_once")
+    return worker_settings(kafka_bootstrap, tmp_path, processing_guarantee=guarantee)
 
 
 @pytest.fixture
@@ -96,6 +97,7 @@ def worker(settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
         w.stop()
 
 
+@pytest.mark.parametrize("settings", ["exactly_once", "at_least_once"], indirect=True)
 async def test_a_receipt_whose_output_the_broker_refuses_is_parked(
     settings: Settings, worker: WorkerProcess, kafka_bootstrap: str
 ) -> None:
