@@ -178,6 +178,8 @@ class FoldEngine:
                 task.close()
                 await task.sink.stop()
             self.to_restore.discard(p)
+        for tp in [tp for tp in self.committed if tp.partition in partitions]:
+            del self.committed[tp]  # its next owner moves it on: read it afresh if it comes back
 
     async def revoke(self, partitions: set[int]) -> None:
         await self.settle()
