@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from receipt_streams.adapters import metrics
+from receipt_streams.adapters.isolation import NotTheRecords
 from receipt_streams.adapters.parking import bounded
 from receipt_streams.config import Settings
 from receipt_streams.core.dlq import DlqBounds, Source
@@ -51,10 +52,14 @@ def guarded(
     processor: Processor, handler: Callable[[Source, int], list[Effect]], msg: Any, now: int
 ) -> list[Effect]:
     """Run one record (anything with topic, partition, offset, key, value) through the core;
-    a bug must not stop the stream: the record is parked in the DLQ as `internal_error`."""
+    a bug must not stop the stream: the record is parked in the DLQ as `internal_error`. A
+    failure that is not the record's (a store that cannot be read) is raised: the loop
+    restarts rather than send every record to the DLQ."""
     src = Source(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
     try:
         return handler(src, now)
+    except NotTheRecords:
+        raise
     except Exception as exc:
         log.exception(
             "record failed",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -25,12 +26,15 @@ from aiokafka.errors import (
 from hypothesis import given
 from hypothesis import strategies as st
 
+from receipt_streams.adapters.effects import guarded, limits_of
 from receipt_streams.adapters.engine.checkpoint import BatchFailed
+from receipt_streams.adapters.engine.stores import RocksStore, StoreFailed
 from receipt_streams.adapters.isolation import NotTheRecords, caused_by_contents, isolate
 from receipt_streams.adapters.relays.deltas import DeltaRelay
 from receipt_streams.adapters.transactions import Fenced
 from receipt_streams.config import Settings
 from receipt_streams.core.dlq import Source
+from receipt_streams.core.processor import Processor
 
 
 def run_isolation(n: int, poison: set[int]) -> tuple[list[int], list[int], int]:
@@ -173,3 +177,30 @@ def test_a_batch_is_split_only_when_every_failed_task_failed_on_its_contents() -
     assert not mixed.on_contents() and isinstance(mixed.cause(), KafkaConnectionError)
     fenced = BatchFailed({0: ([], NotTheRecords("x")), 1: ([], Fenced("another owner"))})
     assert isinstance(fenced.cause(), Fenced)  # counted as fenced, and the loop rejoins
+
+
+def test_a_store_that_cannot_be_read_is_not_the_records_fault(tmp_path: Any) -> None:
+    """A RocksDB read error is raised as StoreFailed, past the per-record guard (no
+    internal_error record) and past the split (the loop restarts instead)."""
+
+    class Broken:
+        def get(self, key: bytes) -> bytes:
+            raise RuntimeError("IO error: No space left on device")
+
+    store = RocksStore(tmp_path / "s")
+    try:
+        store.db.close()
+        store.db = Broken()  # type: ignore[assignment]
+        with pytest.raises(StoreFailed) as raised:
+            store.get(b'["k"]')
+        assert not caused_by_contents(raised.value)
+        processor = Processor({}, {}, {}, limits_of(Settings()))
+
+        def handler(src: Any, now: int) -> Any:
+            raise raised.value
+
+        record = SimpleNamespace(topic="t", partition=0, offset=1, key=None, value=b"{}")
+        with pytest.raises(StoreFailed):
+            guarded(processor, handler, record, 0)
+    finally:
+        store.db = None  # type: ignore[assignment]

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteBufferManager
 
+from receipt_streams.adapters.isolation import NotTheRecords
+
 Writes = Mapping[bytes, bytes | None]  # None: delete (a tombstone on the changelog)
 
 # Table keys are JSON arrays (they start with "["), so this key can never be a table key.
@@ -79,6 +81,11 @@ def default_memory() -> RocksMemory:
     if _default_memory is None:
         _default_memory = RocksMemory()
     return _default_memory
+
+
+class StoreFailed(NotTheRecords):
+    """Reading a store failed: a fault of the disk or the database, not of the record being
+    folded, so the batch is not split for it (the loop restarts, and is reported stuck)."""
 
 
 class TableStore(ABC):
@@ -169,7 +176,10 @@ class RocksStore(TableStore):
             return value  # type: ignore[return-value]
         if self._keys is not None and key not in self._keys:
             return None
-        value = self.db.get(key)
+        try:
+            value = self.db.get(key)
+        except Exception as exc:  # the disk, not the record being folded: never park for it
+            raise StoreFailed(f"{self.path}: {exc!r}") from exc
         if self.cache_bytes > 0:
             self._remember(key, value)  # type: ignore[arg-type]
         return value  # type: ignore[return-value]
@@ -183,9 +193,12 @@ class RocksStore(TableStore):
             self.cached_bytes -= self.entry_cost(old_key, old_value)
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
-        for key, value in self.db.items():
-            if key != _OFFSET_KEY:
-                yield key, value
+        try:
+            for key, value in self.db.items():
+                if key != _OFFSET_KEY:
+                    yield key, value
+        except Exception as exc:
+            raise StoreFailed(f"{self.path}: {exc!r}") from exc
 
     def apply(self, writes: Writes, offset: int | None) -> None:
         batch = WriteBatch(raw_mode=True)
