@@ -10,7 +10,9 @@ Two kinds of record are parked, each as a bounded DLQ record (`core/dlq.py`):
   was to go, and the input it came from, with the reason `unproducible`.
 
 Every parked record is counted (`receipt_streams_parked_total`) and remembered here for
-`/readyz`, which shows them without turning 503: parking is how the stream recovers.
+`/readyz`, which shows them without turning 503: parking is how the stream recovers. (An
+output over the limit is counted when it is replaced: should its batch fail for another
+reason and be folded again, it is counted again.)
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from receipt_streams.core.reasons import Reason
 log = logging.getLogger(__name__)
 
 Output = tuple[str, bytes | None, bytes | None, int | None]  # as effects.Output
-RECENT_S = 900.0  # /readyz counts the records parked in the last 15 minutes
+RECENT_S = 900.0  # /readyz counts the records parked in the last 15 minutes ...
+RECENT_MAX = 10_000  # ... up to this many (a flood of them must not grow the process)
 RECORD_OVERHEAD = 128  # a record's bytes in a batch beyond its key and value, counted high
 
 
@@ -39,7 +42,7 @@ class ParkedLog:
     """The records this process parked: how many, recently, and the last one."""
 
     total = 0
-    times: deque[float] = deque()
+    times: deque[float] = deque(maxlen=RECENT_MAX)
     last: dict[str, Any] | None = None
 
     @classmethod
