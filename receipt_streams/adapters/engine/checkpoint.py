@@ -54,8 +54,13 @@ class BatchFailed(Exception):
 
 
 async def make_durable(task: PartitionTask, batch: TaskBatch, committed: Committed) -> None:
-    """Publish one task's batch, then write it to the task's stores."""
-    first, held = task.changelog_records(batch)
+    """Publish one task's batch, then write it to the task's stores. Only what the broker
+    says about the records may be put down to them: a failure of the engine's own steps is
+    raised as `NotTheRecords`."""
+    try:
+        first, held = task.changelog_records(batch)
+    except Exception as exc:
+        raise NotTheRecords(f"changelog records of a batch: {exc!r}") from exc
     written = await task.sink.publish([batch.outputs + first, held], batch.offsets)
     committed.update(batch.offsets)
     try:

@@ -354,15 +354,21 @@ class FoldEngine:
         tally = Tally()
         try:
             task.fold(records, now_ms(), tally)
-            batch = task.seal()
-            if batch is not None:
-                await make_durable(task, batch, self.committed)
         except Exception as exc:
             if not caused_by_contents(exc):
                 raise
             task.rollback()
-            await task.sink.reset()
             return exc
+        batch = task.seal()  # the engine's own step: a failure here is no record's
+        if batch is not None:
+            try:
+                await make_durable(task, batch, self.committed)
+            except Exception as exc:
+                if not caused_by_contents(exc):
+                    raise
+                task.rollback()
+                await task.sink.reset()  # the refused records took sequence numbers
+                return exc
         tally.flush()
         return None
 
