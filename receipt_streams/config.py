@@ -8,8 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from receipt_streams.core.dlq import DlqBounds
 
 
 class Settings(BaseSettings):
@@ -284,6 +286,13 @@ class Settings(BaseSettings):
         description="Wait before retrying a transaction's first AddPartitionsToTxn that the "
         "coordinator refused because it was still writing the last commit's markers.",
     )
+    producer_max_request_bytes: int = Field(
+        1_048_576,
+        ge=65_536,
+        description="Largest record the producers send (and their largest batch): an output "
+        "over it becomes a DLQ record (`unproducible`) instead. Keep it at most the "
+        "broker's `message.max.bytes` (and every output topic's `max.message.bytes`).",
+    )
     log_level: str = "INFO"
     log_json: bool = Field(True, description="Structured JSON log lines.")
 
@@ -319,6 +328,18 @@ class Settings(BaseSettings):
     auth_failure_rate_limit_burst: float = Field(
         20.0, ge=1, description="Failed authentications a client IP may burst."
     )
+
+    @model_validator(mode="after")
+    def _dlq_records_fit(self) -> Settings:
+        """A DLQ record the producer would refuse could park nothing."""
+        most = DlqBounds(self.dlq_max_value_bytes, self.dlq_max_key_bytes).record_bytes
+        if most + 1_024 > self.producer_max_request_bytes:
+            raise ValueError(
+                f"producer_max_request_bytes ({self.producer_max_request_bytes}) must leave "
+                f"room for a whole DLQ record ({most} bytes with the dlq_max_* settings, "
+                "plus 1024)"
+            )
+        return self
 
     @property
     def topic_federation_in(self) -> str:

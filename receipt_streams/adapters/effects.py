@@ -11,6 +11,8 @@ from typing import Any
 
 from receipt_streams.adapters import metrics
 from receipt_streams.adapters.compact import compact
+from receipt_streams.adapters.isolation import NotTheRecords
+from receipt_streams.adapters.parking import bounded
 from receipt_streams.config import Settings
 from receipt_streams.core.dlq import DlqBounds, Source
 from receipt_streams.core.feeds import FeedOptions
@@ -62,10 +64,14 @@ def guarded(
     processor: Processor, handler: Callable[[Source, int], list[Effect]], msg: Any, now: int
 ) -> list[Effect]:
     """Run one record (anything with topic, partition, offset, key, value) through the core;
-    a bug must not stop the stream: the record is parked in the DLQ as `internal_error`."""
+    a bug must not stop the stream: the record is parked in the DLQ as `internal_error`. A
+    failure that is not the record's (a store that cannot be read) is raised: the loop
+    restarts rather than send every record to the DLQ."""
     src = Source(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
     try:
         return handler(src, now)
+    except NotTheRecords:
+        raise
     except Exception as exc:
         log.exception(
             "record failed",
@@ -109,6 +115,7 @@ class Router:
 
     def __init__(self, processor: Processor, s: Settings) -> None:
         self.processor = processor
+        self.s = s
         self.dlq = s.topic_dlq
         self.federation_topics = {s.topic_federation_in, s.topic_federation}
         self.streams = {
@@ -141,11 +148,14 @@ class Router:
         source: str,
         outputs: list[Output],
         tally: Tally,
-        partition: int | None = None,
+        origin: Source | None = None,
     ) -> list[HeldRemoval]:
         """Append the records `effects` ask for to `outputs`; count them; return the held
-        receipts to forget once those records are durable. `partition` is the input record's:
-        the feeds go to the same partition (co-partitioned by room, like the changelogs)."""
+        receipts to forget once those records are durable. `origin` is the input record: the
+        feeds go to its partition (co-partitioned by room, like the changelogs), and an output
+        over the producer's limit becomes a DLQ record instead (the core keeps its outputs far
+        smaller: this is defence in depth)."""
+        partition = origin.partition if origin is not None else None
         removals: list[HeldRemoval] = []
         for effect in effects:
             tally.effect(effect, source)
@@ -156,7 +166,8 @@ class Router:
             elif isinstance(effect, Emit):
                 to = partition if effect.stream in FEEDS else None
                 value = compact(effect.value) if effect.value is not None else None
-                outputs.append((self.streams[effect.stream], compact(effect.key), value, to))
+                out = (self.streams[effect.stream], compact(effect.key), value, to)
+                outputs.append(out if origin is None else bounded(self.s, out, origin))
             elif isinstance(effect, HeldRemoval):
                 removals.append(effect)
             elif isinstance(effect, Removed):

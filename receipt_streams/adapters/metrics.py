@@ -104,3 +104,15 @@ FENCED = Counter(
     "producer was fenced); the loop restarts and rejoins the group.",
     ["loop"],
 )
+PARKED = Counter(
+    "receipt_streams_parked_total",
+    "Records parked in the DLQ by an engine so the stream goes on: an input record a batch "
+    "could not get past (split until found), or an output over the producer's limit or "
+    "refused by the broker; by reason (unproducible, poison_batch) and the topic it came from.",
+    ["reason", "topic"],
+)
+ISOLATIONS = Counter(
+    "receipt_streams_isolations_total",
+    "Batches that failed on their contents and were split to find the records at fault.",
+    ["loop"],
+)

@@ -31,6 +31,7 @@ from aiokafka.errors import (
 )
 from aiokafka.producer import sender as aiokafka_sender
 
+from receipt_streams.adapters.isolation import NotTheRecords
 from receipt_streams.adapters.sending import Output, send_all
 from receipt_streams.config import Settings
 
@@ -40,7 +41,7 @@ Offsets = dict[TopicPartition, int]  # next offset to consume, per input partiti
 Written = dict[tuple[str, int], int]  # last offset written, per output (topic, partition)
 
 
-class Fenced(Exception):
+class Fenced(NotTheRecords):
     """Another worker took this partition over: this one may write nothing more for it."""
 
 
@@ -61,7 +62,10 @@ def producer(s: Settings, **extra: Any) -> AIOKafkaProducer:
         acks="all",
         enable_idempotence=True,
         linger_ms=s.producer_linger_ms,
-        max_batch_size=1000 * 1000,  # under the broker's default message.max.bytes
+        # A batch of several records within what the broker takes (its default
+        # message.max.bytes is just over 1 MiB); a larger record goes out alone.
+        max_batch_size=min(1000 * 1000, s.producer_max_request_bytes),
+        max_request_size=s.producer_max_request_bytes,
         **extra,
     )
 
@@ -77,28 +81,58 @@ def read_committed(s: Settings, **extra: Any) -> AIOKafkaConsumer:
 
 
 class PartitionSink(ABC):
-    """Publishes the batches of one partition task, in order."""
+    """Publishes the batches of one partition task, in order, by a producer of its own.
 
-    async def start(self) -> None:
-        return None
+    After a batch the broker refused, call `reset` before the next: the refused records
+    took sequence numbers the broker never saw, so the idempotent producer's next batch on
+    that partition would be refused too (OutOfOrderSequenceNumber)."""
+
+    def __init__(self, s: Settings) -> None:
+        self.s = s
+        self.producer = self._new_producer()
 
     @abstractmethod
-    async def publish(self, steps: Sequence[Sequence[Output]], offsets: Offsets) -> Written:
+    def _new_producer(self) -> AIOKafkaProducer: ...
+
+    async def start(self) -> None:
+        await self.producer.start()
+
+    @abstractmethod
+    async def publish(
+        self, steps: Sequence[Sequence[Output]], offsets: Offsets, apart: bool = False
+    ) -> Written:
         """Make `steps` (each acknowledged before the next is sent) and the input `offsets`
-        durable. Raises `Fenced` when the partition has another owner."""
+        durable. Raises `Fenced` when the partition has another owner. In one transaction
+        the steps go out together, unless `apart` (then in separate produce batches: parts
+        that the broker took one by one, but might refuse packed together)."""
+
+    @abstractmethod
+    async def probe(self, outputs: Sequence[Output]) -> None:
+        """Raise what sending `outputs` raises, without making them visible where that can
+        be helped (a transaction, aborted); `reset` after a failure."""
+
+    async def reset(self) -> None:
+        """A fresh producer (same transactional id: a new epoch, sequences from zero)."""
+        await self.stop()
+        self.producer = self._new_producer()
+        await self.start()
 
     async def stop(self) -> None:
-        return None
+        with contextlib.suppress(Exception):
+            await self.producer.stop()
 
 
 class TransactionalSink(PartitionSink):
     def __init__(self, s: Settings, transactional_id: str, group_id: str) -> None:
         self.group_id = group_id
         self.transactional_id = transactional_id
-        self.producer = producer(
-            s,
-            transactional_id=transactional_id,
-            transaction_timeout_ms=int(max(10.0, 3 * s.session_timeout_s) * 1000),
+        super().__init__(s)
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return producer(
+            self.s,
+            transactional_id=self.transactional_id,
+            transaction_timeout_ms=int(max(10.0, 3 * self.s.session_timeout_s) * 1000),
         )
 
     async def start(self) -> None:
@@ -113,12 +147,19 @@ class TransactionalSink(PartitionSink):
             await self.stop()
             raise
 
-    async def publish(self, steps: Sequence[Sequence[Output]], offsets: Offsets) -> Written:
+    async def publish(
+        self, steps: Sequence[Sequence[Output]], offsets: Offsets, apart: bool = False
+    ) -> Written:
         p = self.producer
         try:
             await p.begin_transaction()
             # One transaction: its records become visible together, so no step waits.
-            written = await send_all(p, [record for step in steps for record in step])
+            if apart:
+                written: Written = {}
+                for step in steps:
+                    written.update(await send_all(p, step))
+            else:
+                written = await send_all(p, [record for step in steps for record in step])
             if offsets:
                 await p.send_offsets_to_transaction(offsets, self.group_id)
             await p.commit_transaction()
@@ -126,24 +167,39 @@ class TransactionalSink(PartitionSink):
         except (ProducerFenced, InvalidProducerEpoch) as exc:
             raise Fenced(f"{self.transactional_id} was fenced by a newer owner") from exc
         except BaseException:
-            with contextlib.suppress(Exception):
-                if p._txn_manager.is_in_transaction():
-                    await asyncio.wait_for(p.abort_transaction(), 10)
+            await self._abort()
             raise
 
-    async def stop(self) -> None:
+    async def probe(self, outputs: Sequence[Output]) -> None:
+        p = self.producer
+        try:
+            await p.begin_transaction()
+            await send_all(p, outputs)
+        except (ProducerFenced, InvalidProducerEpoch) as exc:
+            raise Fenced(f"{self.transactional_id} was fenced by a newer owner") from exc
+        finally:
+            await self._abort()
+
+    async def _abort(self) -> None:
+        p = self.producer
         with contextlib.suppress(Exception):
-            await self.producer.stop()
+            if p._txn_manager.is_in_transaction():
+                await asyncio.wait_for(p.abort_transaction(), 10)
 
 
 class AtLeastOnceSink(PartitionSink):
     """Send each step and wait for its acks, then commit the offsets with the consumer."""
 
-    def __init__(self, producer: AIOKafkaProducer, consumer: AIOKafkaConsumer) -> None:
-        self.producer = producer
+    def __init__(self, s: Settings, consumer: AIOKafkaConsumer) -> None:
         self.consumer = consumer
+        super().__init__(s)
 
-    async def publish(self, steps: Sequence[Sequence[Output]], offsets: Offsets) -> Written:
+    def _new_producer(self) -> AIOKafkaProducer:
+        return producer(self.s)
+
+    async def publish(
+        self, steps: Sequence[Sequence[Output]], offsets: Offsets, apart: bool = False
+    ) -> Written:
         written: Written = {}
         for step in steps:
             written.update(await send_all(self.producer, step))
@@ -159,18 +215,19 @@ class AtLeastOnceSink(PartitionSink):
                 )
         return written
 
+    async def probe(self, outputs: Sequence[Output]) -> None:
+        """Without transactions a probe is a real send: at least once, so the outputs that
+        went through may be sent again by the publish that follows."""
+        await send_all(self.producer, outputs)
+
 
 def sink_for(
-    s: Settings,
-    transactional_id: str,
-    group_id: str,
-    shared: AIOKafkaProducer,
-    consumer: AIOKafkaConsumer,
+    s: Settings, transactional_id: str, group_id: str, consumer: AIOKafkaConsumer
 ) -> PartitionSink:
     """The sink of one partition task under the configured processing guarantee."""
     if s.processing_guarantee == "exactly_once":
         return TransactionalSink(s, transactional_id, group_id)
-    return AtLeastOnceSink(shared, consumer)
+    return AtLeastOnceSink(s, consumer)
 
 
 async def fence_and_seek(

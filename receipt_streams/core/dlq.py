@@ -110,9 +110,12 @@ def dlq_record(
     bounds: DlqBounds = DlqBounds(),
     *,
     edu: dict[str, Any] | None = None,
+    output: str | None = None,
 ) -> bytes:
     """One DLQ record, at most `bounds.record_bytes` long. `edu` (for a part of an inbound
-    EDU: its origin, hash, size and the entry's path) is added as is; its texts are clipped."""
+    EDU: its origin, hash, size and the entry's path) is added as is; its texts are clipped.
+    `output` (an output that could not be produced: its topic) says that `src`'s key and value
+    are that output's, and its topic, partition and offset the input it came from."""
     record: dict[str, Any] = {
         "topic": clip(src.topic, TEXT_BYTES),
         "partition": src.partition,
@@ -124,6 +127,8 @@ def dlq_record(
     }
     if edu is not None:
         record["edu"] = edu
+    if output is not None:
+        record["output"] = {"topic": clip(output, TEXT_BYTES)}
     return orjson.dumps(record)
 
 

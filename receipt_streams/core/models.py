@@ -228,6 +228,13 @@ class DlqEdu(BaseModel):
     )
 
 
+class DlqOutput(BaseModel):
+    """Set when a DLQ record holds an output that could not be produced (over the
+    producer's limit, or refused by the broker) instead of an input record."""
+
+    topic: str = Field(description="Where the output was to go.")
+
+
 class DlqRecord(BaseModel):
     """`receipts.dlq.v1`: a rejected input record, raw bytes kept, keyed by source topic.
 
@@ -265,6 +272,12 @@ class DlqRecord(BaseModel):
     error: DlqError
     ts: int
     edu: DlqEdu | None = Field(None, description="Set for a rejected part of an inbound EDU.")
+    output: DlqOutput | None = Field(
+        None,
+        description="Set when `key` and `value` are an output that could not be produced; "
+        "`topic`, `partition` and `offset` are then the input it came from (offset -1: a "
+        "relay's output, from several inputs).",
+    )
 
 
 class ReceiptValue(BaseModel):

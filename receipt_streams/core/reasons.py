@@ -20,3 +20,6 @@ class Reason(StrEnum):
     ORIGIN_MISMATCH = "origin_mismatch"  # federation: user's server is not the EDU origin
     ORIGIN_NOT_IN_ROOM = "origin_not_in_room"  # federation: origin has no joined member
     INTERNAL_ERROR = "internal_error"  # a bug hit this record; it is parked, not lost
+    # Parked by the engines (adapters/isolation.py), not by the rules:
+    UNPRODUCIBLE = "unproducible"  # an output over the producer's limit, or refused by the broker
+    POISON_BATCH = "poison_batch"  # processing it failed its batch again and again

@@ -219,6 +219,16 @@ def plan_redrive(s: Settings, selected: list[Entry], done: set[bytes]) -> list[D
             out.append(Decision(e, False, "already re-driven"))
         elif e.problem or not e.source_topic:
             out.append(Decision(e, False, f"unreadable DLQ record: {e.problem or 'no topic'}"))
+        elif isinstance(output := e.record.get("output"), dict):
+            out.append(
+                Decision(
+                    e,
+                    False,
+                    f"an output to {output.get('topic')} that could not be produced, not an "
+                    f"input: its input is on {e.source_topic} partition "
+                    f"{e.record.get('partition')} offset {e.record.get('offset')}",
+                )
+            )
         elif why := truncation(e):
             out.append(
                 Decision(

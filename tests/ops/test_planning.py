@@ -118,6 +118,12 @@ def test_show_keeps_every_field_even_unknown_ones() -> None:
     assert shown["value_decoded"] == orjson.loads(RECEIPT)
 
 
+def test_an_output_that_could_not_be_produced_is_not_redriven_to_the_input_topic() -> None:
+    e = entry({**BASE, "error": {"code": "unproducible", "message": "x"}, "output": {"topic": "o"}})
+    (decision,) = dlq.plan_redrive(Settings(), [e], set())
+    assert not decision.send and decision.why.startswith("an output to o")
+
+
 def test_redrive_plan_skips_what_the_ledger_holds_and_unreadable_records() -> None:
     s = Settings()
     fresh, done, bad = entry(BASE, offset=1), entry(BASE, offset=2), dlq.decode(0, 3, 0, b"nope")

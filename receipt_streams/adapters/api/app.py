@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 from receipt_streams.adapters.api.auth import TokenVerifier, VerifierUnavailable, admin_tokens_for
 from receipt_streams.adapters.api.protocol import MatrixAppRunner
 from receipt_streams.adapters.api.sync_feed import SyncFeed
+from receipt_streams.adapters.parking import ParkedLog
 from receipt_streams.adapters.supervise import LoopHealth
 from receipt_streams.config import Settings
 from receipt_streams.core.client_api import (
@@ -529,8 +530,10 @@ class Api:
         tables, view = self.ready(), self.feed.caught_up.is_set() or not self.client
         stuck = LoopHealth.problems()  # a loop failing again and again is not ready
         ready = tables and view and not stuck
+        # Parked records are shown, never a reason for 503: parking is how a loop recovers.
+        parked = ParkedLog.summary()
         return _json(
-            {"ready": ready, "tables": tables, "sync_view": view, "stuck": stuck},
+            {"ready": ready, "tables": tables, "sync_view": view, "stuck": stuck, "parked": parked},
             200 if ready else 503,
         )
 

@@ -52,6 +52,14 @@ class InputBuffers:
         if tp in self.inputs.get(tp[1], []):
             self.inputs[tp[1]].remove(tp)
 
+    def rewind(self) -> None:
+        """Forget every buffered record and what was fetched: the consumer was sent back."""
+        for buffer in self.buffers.values():
+            buffer.clear()
+        self.fetched.clear()
+        self.ends.clear()
+        self.blocked_since.clear()
+
     def add(self, tp: Tp, records: list[Any], end: int | None) -> None:
         if tp not in self.buffers:
             return

@@ -10,6 +10,11 @@ same topics, tables and changelogs, but works a batch at a time:
 2. seal the batch and hand it to a `Checkpoint` (`checkpoint.py`) that makes it durable in a
    task of its own, while the next batch is folded on top of it: the fold is CPU and the
    commit is the broker's time, so the two overlap. At most one batch is in flight.
+3. a batch that fails on its contents (a record whose processing raises, an output or a
+   changelog write the broker refuses) is split until the records at fault are found: those
+   are parked in the DLQ, every other record is made durable once, in order, and the loop
+   goes on from there (`isolation.py`). Any other failure (broker, network, fencing)
+   restarts the loop from the last commit, with backoff.
 
 Tasks are created on assignment: their sinks start first (with `exactly_once` this fences
 the partition's previous owner), then the committed offsets are read afresh, then the stores
@@ -31,10 +36,12 @@ from receipt_streams.adapters import metrics
 from receipt_streams.adapters.client_ids import member_client_id
 from receipt_streams.adapters.clock import now_ms
 from receipt_streams.adapters.effects import Tally, limits_of
-from receipt_streams.adapters.engine.checkpoint import Checkpoint
+from receipt_streams.adapters.engine.checkpoint import BatchFailed, Checkpoint, make_durable
 from receipt_streams.adapters.engine.ordering import InputBuffers
 from receipt_streams.adapters.engine.restore import restore
 from receipt_streams.adapters.engine.task import Backend, PartitionTask, rocks_backend
+from receipt_streams.adapters.isolation import caused_by_contents, isolate
+from receipt_streams.adapters.parking import ParkedLog, park_input
 from receipt_streams.adapters.supervise import LoopHealth, supervise
 from receipt_streams.adapters.transactions import (
     Fenced,
@@ -67,7 +74,7 @@ class FoldEngine:
         self.in_flight: asyncio.Task[None] | None = None  # the batch being made durable
         self.lock = asyncio.Lock()
         self.health = LoopHealth.of(self.name)
-        self.shared: Any = None  # the plain producer: ticks, and at-least-once sinks
+        self.shared: Any = None  # the plain producer of the ticks
         self.consumer: AIOKafkaConsumer | None = None
         self.committed: dict[TopicPartition, int] = {}  # input offsets made durable
 
@@ -113,8 +120,8 @@ class FoldEngine:
             ticks = asyncio.create_task(self._send_ticks())
             try:
                 while True:
-                    if self.in_flight is not None and self.in_flight.done():
-                        self.in_flight.result()  # a batch that could not be made durable
+                    async with self.lock:
+                        await self._check_in_flight()  # a batch that could not be made durable
                     wait = 0 if self.more_ready else 20 if self.inputs.pending() else 200
                     got = await consumer.getmany(timeout_ms=wait)
                     async with self.lock:
@@ -125,7 +132,9 @@ class FoldEngine:
                         moved = await self._positions_moved(consumer)
                         if federation or partitions or moved:
                             await self._fold_batch(federation, partitions)
-                        elif self.in_flight is None or self.in_flight.done():
+                        elif self.in_flight is None or (
+                            self.in_flight.done() and self._in_flight_failure() is None
+                        ):
                             self.health.succeeded()  # idle and nothing failing
                     await metrics.record_lag(self.name, consumer)
             finally:
@@ -146,7 +155,7 @@ class FoldEngine:
     def _sink(self, p: int) -> PartitionSink:
         assert self.consumer is not None
         s = self.s
-        return sink_for(s, f"{s.app_id}-{p}", s.app_id, self.shared, self.consumer)
+        return sink_for(s, f"{s.app_id}-{p}", s.app_id, self.consumer)
 
     async def assign(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
         """New tasks: start their sinks (fencing earlier owners), re-read their committed
@@ -171,12 +180,17 @@ class FoldEngine:
                 task.close()
                 await task.sink.stop()
             self.to_restore.discard(p)
+        for tp in [tp for tp in self.committed if tp.partition in partitions]:
+            del self.committed[tp]  # its next owner moves it on: read it afresh if it comes back
 
     async def revoke(self, partitions: set[int]) -> None:
         await self.settle()
-        if self.in_flight is not None and self.in_flight.done() and self.in_flight.exception():
-            # The batch in flight failed: the run loop raises it and starts over.
-            return
+        failed = self._in_flight_failure()
+        if failed is not None:
+            if not (isinstance(failed, BatchFailed) and failed.on_contents()):
+                return  # the run loop raises it and starts over
+            for p in partitions:  # their next owner replays them (and splits them in turn)
+                failed.failures.pop(p, None)
         await self._close_tasks(partitions)
 
     async def _send_ticks(self) -> None:
@@ -244,19 +258,29 @@ class FoldEngine:
         let the next batch be folded meanwhile: at most one batch is in flight."""
         now = now_ms()
         tally = Tally()
+        todo: dict[int, list[Any]] = {}
         for record in federation:  # keyed by origin: split, each entry routed to its room
-            self.tasks[record.partition].fold([record], now, tally)
+            todo.setdefault(record.partition, []).append(record)
         for p, records in partitions.items():
+            todo.setdefault(p, []).extend(records)
+        for p, records in todo.items():
             task = self.tasks[p]
-            for i in range(0, len(records), _YIELD_EVERY):
-                task.fold(records[i : i + _YIELD_EVERY], now, tally)
-                await asyncio.sleep(0)  # the batch in flight gets on with its commit meanwhile
+            try:
+                for i in range(0, len(records), _YIELD_EVERY):
+                    task.fold(records[i : i + _YIELD_EVERY], now, tally)
+                    await asyncio.sleep(0)  # the batch in flight gets on with its commit
+            except Exception as exc:
+                if not caused_by_contents(exc):
+                    raise
+                await self._fold_failed(p, records, exc)
+                return
         tally.flush()
         size = len(federation) + sum(len(records) for records in partitions.values())
         metrics.BATCH_RECORDS.observe(size)
         sealed = [(task, batch) for task in self.tasks.values() if (batch := task.seal())]
         previous = self.in_flight
-        self.in_flight = asyncio.create_task(self._checkpoint(Checkpoint(sealed), previous))
+        checkpoint = Checkpoint(sealed, self.committed)
+        self.in_flight = asyncio.create_task(self._checkpoint(checkpoint, previous))
         if previous is not None:
             await asyncio.gather(previous, return_exceptions=True)
 
@@ -264,9 +288,113 @@ class FoldEngine:
         self, checkpoint: Checkpoint, previous: asyncio.Task[None] | None
     ) -> None:
         await checkpoint.commit(previous)
-        for _, batch in checkpoint.batches:
-            self.committed.update(batch.offsets)
         self.health.succeeded()
+
+    # --- a batch that fails on its contents ------------------------------------------------
+
+    def _in_flight_failure(self) -> BaseException | None:
+        task = self.in_flight
+        if task is None or not task.done() or task.cancelled():
+            return None
+        return task.exception()
+
+    async def _check_in_flight(self) -> None:
+        """The batch in flight failed: split it to park the records at fault, or, when no
+        record is (broker, network, fencing), raise: the loop restarts from the last commit."""
+        failed = self._in_flight_failure()
+        if failed is None:
+            return
+        self.in_flight = None
+        if isinstance(failed, BatchFailed) and failed.on_contents():
+            await self._recover(failed.failures)
+        elif isinstance(failed, BatchFailed):
+            raise failed.cause() from failed
+        else:
+            raise failed
+
+    async def _fold_failed(self, p: int, records: list[Any], exc: BaseException) -> None:
+        """Folding `records` on task `p` raised outside the per-record guard."""
+        await self.settle()  # batches are made durable in order: the one in flight first
+        if self._in_flight_failure() is not None:
+            await self._check_in_flight()  # rolls this batch back too: it is read again
+            return
+        self.in_flight = None
+        await self._recover({p: (records, exc)})
+
+    async def _recover(self, failures: dict[int, tuple[list[Any], BaseException]]) -> None:
+        """Every task back to what is committed; each failed task's records made durable
+        again in halves, the records at fault parked; then every input read again from what
+        is durable."""
+        assert self.consumer is not None
+        metrics.child(metrics.ISOLATIONS, self.name).inc()
+        log.warning(
+            "a batch failed on its contents: splitting it to park the records at fault",
+            extra={
+                "partitions": sorted(failures),
+                "records": sum(len(records) for records, _ in failures.values()),
+                "error": "; ".join(repr(exc)[:200] for _, exc in failures.values()),
+            },
+        )
+        for task in self.tasks.values():
+            task.rollback()
+        for p, (records, _) in sorted(failures.items()):
+            task = self.tasks.get(p)
+            if task is None:
+                continue  # revoked: its next owner replays the batch
+            await task.sink.reset()  # a refused send leaves the producer unusable
+            parked = await isolate(
+                records,
+                lambda part, task=task: self._attempt(task, part),  # type: ignore[misc]
+                lambda record, exc, task=task: self._park(task, record, exc),  # type: ignore[misc]
+            )
+            extra = {"partition": p, "records": len(records), "parked": len(parked)}
+            log.info("batch split", extra=extra)
+        await self._rewind(self.consumer)
+        self.health.succeeded()
+
+    async def _attempt(self, task: PartitionTask, records: Any) -> BaseException | None:
+        """Fold `records` from what is committed and make them durable; on a failure their
+        contents may cause, undo them and return it."""
+        tally = Tally()
+        try:
+            task.fold(records, now_ms(), tally)
+        except Exception as exc:
+            if not caused_by_contents(exc):
+                raise
+            task.rollback()
+            return exc
+        batch = task.seal()  # the engine's own step: a failure here is no record's
+        if batch is not None:
+            try:
+                await make_durable(task, batch, self.committed)
+            except Exception as exc:
+                if not caused_by_contents(exc):
+                    raise
+                task.rollback()
+                await task.sink.reset()  # the refused records took sequence numbers
+                return exc
+        tally.flush()
+        return None
+
+    async def _park(self, task: PartitionTask, record: Any, exc: BaseException) -> None:
+        """Past `record`: its DLQ record and the offset after it, in one commit."""
+        offsets = {TopicPartition(record.topic, record.partition): record.offset + 1}
+        await task.sink.publish([[park_input(self.s, record, exc)]], offsets)
+        self.committed.update(offsets)
+        ParkedLog.input_parked(record, exc)
+
+    async def _rewind(self, consumer: AIOKafkaConsumer) -> None:
+        """Every assigned input read again from what is durable."""
+        for tp in consumer.assignment():
+            offset = self.committed.get(tp)
+            if offset is None:
+                offset = await consumer.committed(tp)
+            if offset is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, offset)
+        self.inputs.rewind()
+        self.more_ready = False
 
     async def settle(self) -> None:
         """Wait for the batch in flight; its failure is the run loop's to raise."""

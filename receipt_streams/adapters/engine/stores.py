@@ -22,6 +22,7 @@ from pathlib import Path
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteBufferManager
 
 from receipt_streams.adapters.compact import compact
+from receipt_streams.adapters.isolation import NotTheRecords
 
 Writes = Mapping[bytes, bytes | None]  # None: delete (a tombstone on the changelog)
 
@@ -74,6 +75,11 @@ def default_memory() -> RocksMemory:
     if _default_memory is None:
         _default_memory = RocksMemory()
     return _default_memory
+
+
+class StoreFailed(NotTheRecords):
+    """Reading a store failed: a fault of the disk or the database, not of the record being
+    folded, so the batch is not split for it (the loop restarts, and is reported stuck)."""
 
 
 class TableStore(ABC):
@@ -171,7 +177,10 @@ class RocksStore(TableStore):
             return value  # type: ignore[return-value]
         if self._keys is not None and key not in self._keys:
             return None
-        value = self.db.get(key)
+        try:
+            value = self.db.get(key)
+        except Exception as exc:  # the disk, not the record being folded: never park for it
+            raise StoreFailed(f"{self.path}: {exc!r}") from exc
         if self.cache_bytes > 0:
             self._remember(key, value)  # type: ignore[arg-type]
         return value  # type: ignore[return-value]
@@ -185,9 +194,12 @@ class RocksStore(TableStore):
             self.cached_bytes -= self.entry_cost(old_key, old_value)
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
-        for key, value in self.db.items():
-            if key != _OFFSET_KEY:
-                yield key, value
+        try:
+            for key, value in self.db.items():
+                if key != _OFFSET_KEY:
+                    yield key, value
+        except Exception as exc:
+            raise StoreFailed(f"{self.path}: {exc!r}") from exc
 
     def keys(self) -> Iterator[bytes]:
         """Every key, values unread (a user erasure's pass)."""
@@ -342,6 +354,11 @@ class Overlay(MutableMapping[bytes, bytes]):
         writes = self.take()
         self.sealed.append(writes)
         return writes
+
+    def discard(self) -> None:
+        """Forget every write the store does not hold (their batches failed)."""
+        self.pending = {}
+        self.sealed = []
 
     def settle(self, writes: dict[bytes, bytes | None]) -> None:
         """The store now holds `writes`, the oldest sealed batch: stop keeping them."""

@@ -3,7 +3,8 @@ folded through, its processor and router, and the sink its batches are published
 
 A task's state is its stores plus the sealed batches not yet in them. The stores are written
 only once a batch is committed (`settle`), with the changelog offsets it reached, so a store
-is always a prefix of its changelog; a task whose batch failed is dropped whole.
+is always a prefix of its changelog. A task whose batch failed is dropped whole, or rolled
+back to its stores (`rollback`) while the batch is split to find the record at fault.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from receipt_streams.adapters.effects import Output, Router, Tally
 from receipt_streams.adapters.engine.stores import Overlay, RocksMemory, RocksStore, TableStore
 from receipt_streams.adapters.transactions import Offsets, PartitionSink, Written
 from receipt_streams.config import Settings
+from receipt_streams.core.dlq import Source
 from receipt_streams.core.processor import Limits, Processor
 
 TABLES = ("receipts", "room_state", "held")
@@ -45,11 +47,14 @@ def changelogs(s: Settings) -> dict[str, str]:
 
 
 class TaskBatch(NamedTuple):
-    """What one batch did to one task, sealed: outputs, table writes and input offsets."""
+    """What one batch did to one task, sealed: outputs, table writes and input offsets, and
+    the input records folded (kept until durable: a failed batch is split to find the one
+    at fault)."""
 
     outputs: list[Output]
     writes: dict[str, dict[bytes, bytes | None]]  # table -> key -> value (None: delete)
     offsets: Offsets
+    records: list[Any]
 
 
 class PartitionTask:
@@ -63,27 +68,33 @@ class PartitionTask:
     ) -> None:
         self.number = number
         self.backend = backend
+        self.limits, self.settings = limits, s
         self.changelogs = changelogs(s)
         self.stores = {table: backend(table, number) for table in TABLES}
         self.views = {name: Overlay(store) for name, store in self.stores.items()}
-        self.processor = Processor(
-            self.views["receipts"], self.views["room_state"], self.views["held"], limits
-        )
-        self.router = Router(self.processor, s)
+        self._new_processor()
         self.sink = sink
         self.outputs: list[Output] = []
         self.offsets: Offsets = {}
+        self.records: list[Any] = []
+
+    def _new_processor(self) -> None:
+        self.processor = Processor(
+            self.views["receipts"], self.views["room_state"], self.views["held"], self.limits
+        )
+        self.router = Router(self.processor, self.settings)
 
     def fold(self, records: Sequence[Any], now: int, tally: Tally) -> None:
         """Run records through the core, in order; their outputs and offsets join the batch
         in progress, their table writes stay in the overlays."""
         router, held = self.router, self.processor.held
         for record in records:
+            self.records.append(record)
             tally.input(record.topic)
             effects = router.handle(record, now)
             source = router.source_of(record.topic)
-            outputs, partition = self.outputs, record.partition
-            for removal in router.carry_out(effects, source, outputs, tally, partition):
+            origin = Source(record.topic, record.partition, record.offset, None, None)
+            for removal in router.carry_out(effects, source, self.outputs, tally, origin):
                 # In the overlay at once, so the rest of the batch sees it; on the changelog
                 # with (or, at least once, after) what the held records became.
                 held.remove(removal.key, removal.records)
@@ -94,11 +105,18 @@ class PartitionTask:
         in the overlays until `settle`. None when the batch did nothing here."""
         if not self.offsets and not self.outputs:
             return None
-        batch = TaskBatch(
-            self.outputs, {table: view.seal() for table, view in self.views.items()}, self.offsets
-        )
-        self.outputs, self.offsets = [], {}
+        writes = {table: view.seal() for table, view in self.views.items()}
+        batch = TaskBatch(self.outputs, writes, self.offsets, self.records)
+        self.outputs, self.offsets, self.records = [], {}, []
         return batch
+
+    def rollback(self) -> None:
+        """Forget every batch not in the stores (sealed or in progress): the task is back to
+        what is committed. The processor starts afresh too (it counts held bytes)."""
+        for view in self.views.values():
+            view.discard()
+        self.outputs, self.offsets, self.records = [], {}, []
+        self._new_processor()
 
     def changelog_records(self, batch: TaskBatch) -> tuple[list[Output], list[Output]]:
         """The batch's table writes as changelog records: receipts and room state, then

@@ -4,6 +4,12 @@
 All room-keyed inputs (client receipts, membership, events, ticks) feed one agent with
 `concurrency=1`, so one partition's records are folded one at a time and every table write
 goes to the changelog partition of the record being processed.
+
+Outputs that cannot be produced are parked, not lost and not fatal: one over
+`producer_max_request_bytes` becomes a DLQ record before it is sent (Faust would raise, and
+the agent crash); one the broker refuses (Faust only logs a warning and drops it) is sent once
+more on its own, and if refused again becomes a DLQ record. Faust sends its own changelog
+writes: a refused one is dropped with Faust's warning (see README, "Parking").
 """
 
 from __future__ import annotations
@@ -21,10 +27,13 @@ from receipt_streams.adapters.api.sync_feed import SyncFeed
 from receipt_streams.adapters.client_ids import member_client_id
 from receipt_streams.adapters.clock import now_ms
 from receipt_streams.adapters.effects import Output, Router, Tally, limits_of
+from receipt_streams.adapters.isolation import REFUSED_DATA
+from receipt_streams.adapters.parking import park_output
 from receipt_streams.adapters.relays.deltas import DeltaRelay
 from receipt_streams.adapters.relays.edus import EduRelay
 from receipt_streams.adapters.sending import partition_of
 from receipt_streams.config import Settings
+from receipt_streams.core.dlq import Source
 from receipt_streams.core.processor import (
     FEDERATION_IN,
     FEDERATION_OUT,
@@ -55,6 +64,7 @@ def create_app(s: Settings) -> faust.App:
         broker_heartbeat_interval=s.session_timeout_s / 4,
         producer_acks=-1,
         producer_linger=s.producer_linger_ms / 1000,
+        producer_max_request_size=s.producer_max_request_bytes,
         web_enabled=False,  # the HTTP API is our own aiohttp app (adapters/api/app.py)
         **RAW,
     )
@@ -91,6 +101,8 @@ def create_app(s: Settings) -> faust.App:
         s.topic_history: streams[HISTORY],
     }
 
+    refusals = _Refusals(s, topics, dlq)
+
     # Held records to forget, per partition: applied at that partition's next tick, after
     # one producer flush makes durable everything they became (table writes, DLQ records).
     # Faust flushes before every commit too, so one flush per tick replaces one per release.
@@ -104,12 +116,13 @@ def create_app(s: Settings) -> faust.App:
         outputs: list[Output] = []
         tally = Tally()
         effects = router.handle(msg, now_ms())
+        origin = Source(msg.topic, msg.partition, msg.offset, None, None)
         source = router.source_of(msg.topic)
-        for removal in router.carry_out(effects, source, outputs, tally, msg.partition):
+        for removal in router.carry_out(effects, source, outputs, tally, origin):
             forget.setdefault(removal.partition, []).append(removal)
         tally.flush()
-        for topic, key, value, partition in outputs:
-            await topics[topic].send(key=key, value=value, partition=partition, force=True)
+        for output in outputs:
+            refusals.watch(await refusals.send(output), output, origin)
 
     async def forget_released(partition: int) -> None:
         """Runs while a tick of `partition` is processed, so the writes land there."""
@@ -170,3 +183,46 @@ def create_app(s: Settings) -> faust.App:
                 await asyncio.Event().wait()
 
     return app
+
+
+class _Refusals:
+    """Outputs the broker refused (Faust logs them and drops them): each is sent once more,
+    on its own (a batch is refused whole, so a record may have been refused for another's
+    sake), then parked in the DLQ if it is refused again."""
+
+    def __init__(self, s: Settings, topics: dict[str, Any], dlq: Any) -> None:
+        self.s, self.topics, self.dlq = s, topics, dlq
+        self.lock = asyncio.Lock()  # one retry at a time: each goes out alone
+        self.pending: set[asyncio.Task[None]] = set()
+
+    async def send(self, output: Output) -> Any:
+        """Send at once (like `send(force=True)`: not an attachment published at the next
+        commit), keeping the message's future: its error is then retrieved here, not logged
+        by asyncio as never retrieved."""
+        topic, key, value, partition = output  # a feed's record: its room's partition
+        message = self.topics[topic].as_future_message(key, value, partition=partition)
+        await self.topics[topic].publish_message(message, wait=False)
+        return message
+
+    def watch(self, sent: asyncio.Future[Any], output: Output, origin: Source) -> None:
+        def done(fut: asyncio.Future[Any]) -> None:
+            if fut.cancelled() or not isinstance(fut.exception(), REFUSED_DATA):
+                return
+            task = asyncio.ensure_future(self._again_or_park(output, origin))
+            self.pending.add(task)
+            task.add_done_callback(self.pending.discard)
+
+        sent.add_done_callback(done)
+
+    async def _again_or_park(self, output: Output, origin: Source) -> None:
+        async with self.lock:
+            try:
+                await (await self.send(output))
+                return
+            except Exception as exc:
+                if not isinstance(exc, REFUSED_DATA):
+                    log.exception("an output refused by the broker could not be sent again")
+                    return
+                why = f"refused by the broker, twice: {exc!r}"
+            _, dlq_key, dlq_value, _ = park_output(self.s, output, origin, why)
+            await self.dlq.send(key=dlq_key, value=dlq_value, force=True)

@@ -8,6 +8,12 @@ soon as the partition's new owner starts, and cannot publish what it built befor
 It reads the log read-committed: only what the fold committed. A revoked partition's state is
 dropped with it; a failing cycle restarts the relay from its last commit (and `/readyz` says
 so when it keeps failing).
+
+An output can never stop a relay: one over `producer_max_request_bytes` becomes a DLQ record
+before it is sent, and when the broker refuses a partition's outputs, they are probed in
+halves (in transactions that are aborted) until the refused ones are found; those become DLQ
+records (`unproducible`) and the rest is published with the offsets, as one transaction (part
+by part as probed: parts the broker took alone might be refused packed together).
 """
 
 from __future__ import annotations
@@ -25,16 +31,18 @@ from receipt_streams.adapters import metrics
 from receipt_streams.adapters.client_ids import member_client_id
 from receipt_streams.adapters.clock import now_ms
 from receipt_streams.adapters.effects import Output
+from receipt_streams.adapters.isolation import caused_by_contents, isolate
+from receipt_streams.adapters.parking import bounded, park_output
 from receipt_streams.adapters.supervise import LoopHealth, supervise
 from receipt_streams.adapters.transactions import (
     Fenced,
     PartitionSink,
     fence_and_seek,
-    producer,
     read_committed,
     sink_for,
 )
 from receipt_streams.config import Settings
+from receipt_streams.core.dlq import Source
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +63,6 @@ class Relay(ABC, Generic[State]):
         self.lock = asyncio.Lock()
         self.health = LoopHealth.of(self.name)
         self.consumer: AIOKafkaConsumer | None = None
-        self.shared: Any = None
 
     # --- what a relay does with one partition ---------------------------------------------
 
@@ -98,8 +105,6 @@ class Relay(ABC, Generic[State]):
             session_timeout_ms=int(s.session_timeout_s * 1000),
             heartbeat_interval_ms=int(s.session_timeout_s * 250),
         )
-        self.shared = producer(s)
-        await self.shared.start()
         try:
             consumer.subscribe([self.source_topic], listener=_Rebalance(self))
             await consumer.start()
@@ -117,7 +122,6 @@ class Relay(ABC, Generic[State]):
             metrics.child(metrics.FENCED, self.name).inc()
             raise
         finally:
-            await self.shared.stop()
             self._reset()
 
     async def _collect(self, consumer: AIOKafkaConsumer) -> None:
@@ -150,16 +154,64 @@ class Relay(ABC, Generic[State]):
     async def _publish_one(
         self, tp: TopicPartition, outputs: list[Output], offsets: dict[TopicPartition, int]
     ) -> None:
-        await self.sinks[tp].publish([outputs], offsets)
+        sink = self.sinks[tp]
+        origin = Source(self.source_topic, tp.partition, -1, None, None)  # from many records
+        outputs = [bounded(self.s, output, origin) for output in outputs]
+        try:
+            await sink.publish([outputs], offsets)
+        except Exception as exc:
+            if not (outputs and caused_by_contents(exc)):
+                raise
+            await self._park_refused(sink, origin, outputs, offsets, exc)
         if tp in offsets:
             self.committed[tp] = offsets[tp]
+
+    async def _park_refused(
+        self,
+        sink: PartitionSink,
+        origin: Source,
+        outputs: list[Output],
+        offsets: dict[TopicPartition, int],
+        exc: BaseException,
+    ) -> None:
+        """The broker refused some of `outputs`: find which (probes in halves), publish the
+        others and a DLQ record for each refused one, with `offsets`."""
+        metrics.child(metrics.ISOLATIONS, self.name).inc()
+        log.warning(
+            "the broker refused a relay's outputs: probing them to park the refused ones",
+            extra={"partition": origin.partition, "outputs": len(outputs), "error": repr(exc)},
+        )
+        await sink.reset()  # a refused send leaves the producer unusable
+
+        taken: list[Sequence[Output]] = []  # the parts the broker took, in order
+
+        async def probe(part: Sequence[Output]) -> BaseException | None:
+            try:
+                await sink.probe(part)
+            except Exception as error:
+                if not caused_by_contents(error):
+                    raise
+                await sink.reset()
+                return error
+            taken.append(part)
+            return None
+
+        refused: list[tuple[Output, BaseException]] = []
+
+        async def park(output: Output, error: BaseException) -> None:
+            refused.append((output, error))
+
+        await isolate(outputs, probe, park)
+        dlq = [park_output(self.s, o, origin, f"refused by the broker: {e!r}") for o, e in refused]
+        # Part by part, as probed: parts the broker took alone may be refused packed together.
+        await sink.publish([*taken, dlq], offsets, apart=True)
 
     # --- rebalance -----------------------------------------------------------------------
 
     def _sink(self, tp: TopicPartition) -> PartitionSink:
         assert self.consumer is not None
         tid = f"{self.s.app_id}-{self.name}-{tp.partition}"
-        return sink_for(self.s, tid, self.group_id, self.shared, self.consumer)
+        return sink_for(self.s, tid, self.group_id, self.consumer)
 
     async def assign(self, tps: list[TopicPartition]) -> None:
         new = [tp for tp in tps if tp not in self.sinks]

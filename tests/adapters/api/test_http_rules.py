@@ -4,12 +4,15 @@ client-server spec's answers to bad IDs, bodies, methods, CORS, and the rate lim
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
+from aiokafka.errors import MessageSizeTooLargeError
 
+from receipt_streams.adapters.parking import ParkedLog
 from receipt_streams.adapters.supervise import STUCK_AFTER, LoopHealth
 from receipt_streams.config import Settings
 from tests.adapters.api.inprocess import (
@@ -120,6 +123,29 @@ async def test_readyz_is_503_with_the_reason_while_a_loop_is_stuck(tmp_path: Pat
             assert status == 200 and body["stuck"] == []
     finally:
         LoopHealth.registry.pop("t-stuck-fold", None)
+
+
+async def test_readyz_shows_parked_records_and_stays_200(tmp_path: Path) -> None:
+    """Parking is how a loop recovers: shown (count, last reason), never a 503."""
+    api, _ = make_api(settings(tmp_path))
+    ParkedLog.clear()
+    try:
+        record = SimpleNamespace(topic="t.client", partition=1, offset=7, key=None, value=b"x")
+        ParkedLog.input_parked(record, MessageSizeTooLargeError())
+        async with clients(api) as (client, admin):
+            for listener in (client, admin):
+                status, body, _ = await call(listener, "GET", "/readyz")
+                assert status == 200 and body["ready"] is True
+                parked = body["parked"]
+                assert (parked["recent"], parked["total"]) == (1, 1)
+                last = parked["last"]
+                assert (last["reason"], last["topic"], last["offset"]) == (
+                    "unproducible",
+                    "t.client",
+                    7,
+                )
+    finally:
+        ParkedLog.clear()
 
 
 BAD_PATHS = [
