@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from receipt_streams.adapters.effects import Router, Tally
 from receipt_streams.config import Settings
+from receipt_streams.core.dlq import Source
 from receipt_streams.core.feeds import (
     MERGED_TYPES,
     FeedOptions,
@@ -237,7 +238,8 @@ def test_feed_records_go_to_the_input_partition() -> None:
     )
     effects.append(Emit(FEDERATION_IN, b"!r:hs1", b"{}"))
     outputs: list[Any] = []
-    router.carry_out(effects, "client", outputs, Tally(), partition=5)
+    origin = Source(s.topic_client, 5, 0, None, None)  # the input record
+    router.carry_out(effects, "client", outputs, Tally(), origin)
     assert [(topic, partition) for topic, _, _, partition in outputs] == [
         ("hist", 5),
         ("rp", 5),
