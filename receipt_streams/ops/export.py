@@ -31,8 +31,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from receipt_streams.config import Settings
-from receipt_streams.ops.kafka import consumer, partitions, started
-from receipt_streams.ops.output import progress
+from receipt_streams.ops.kafka import consumer, partitions, read_records, started
 from receipt_streams.ops.timespec import iso
 
 KEY_FIELDS = ("room_id", "user_id", "receipt_type", "thread_id")
@@ -237,26 +236,8 @@ async def _read_from(
     c: AIOKafkaConsumer, starts: dict[TopicPartition, int], what: str, quiet: bool
 ) -> AsyncIterator[Any]:
     """Every committed record from `starts` to the end seen now, with a progress bar."""
-    tps = list(starts)
-    c.assign(tps)
-    end = await c.end_offsets(tps)
-    remaining = {tp for tp in tps if end[tp] > starts[tp]}
-    for tp in remaining:
-        c.seek(tp, starts[tp])
-    bar = progress(sum(end[tp] - starts[tp] for tp in remaining), what, quiet)
-    try:
-        while remaining:
-            got = await c.getmany(*remaining, timeout_ms=500)
-            for tp, records in got.items():
-                for r in records:
-                    if r.offset < end[tp]:
-                        yield r
-                bar.update(len(records))
-            for tp in list(remaining):  # the end may be a control record or compacted away
-                if await c.position(tp) >= end[tp]:
-                    remaining.discard(tp)
-    finally:
-        bar.close()
+    async for record in read_records(c, list(starts), what, quiet, starts=starts):
+        yield record
 
 
 async def _dump(

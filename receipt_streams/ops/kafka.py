@@ -76,17 +76,22 @@ async def topic_partitions(c: AIOKafkaConsumer, topics: Iterable[str]) -> list[T
 
 
 async def read_records(
-    c: AIOKafkaConsumer, tps: list[TopicPartition], what: str, quiet: bool = False
+    c: AIOKafkaConsumer,
+    tps: list[TopicPartition],
+    what: str,
+    quiet: bool = False,
+    starts: dict[TopicPartition, int] | None = None,
 ) -> AsyncIterator[Any]:
-    """Every committed record of `tps` from the beginning to the end seen at the start."""
+    """Every committed record of `tps` from the beginning (or from `starts`) to the end seen
+    at the start, with a progress bar."""
     if not tps:
         return
     c.assign(tps)
-    begin = await c.beginning_offsets(tps)
+    begin = starts if starts is not None else await c.beginning_offsets(tps)
     end = await c.end_offsets(tps)
     remaining = {tp for tp in tps if end[tp] > begin[tp]}
-    if remaining:
-        await c.seek_to_beginning(*remaining)
+    for tp in remaining:
+        c.seek(tp, begin[tp])
     bar = progress(sum(end[tp] - begin[tp] for tp in remaining), what, quiet)
     try:
         while remaining:
