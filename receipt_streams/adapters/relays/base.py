@@ -221,10 +221,16 @@ class Relay(ABC, Generic[State]):
             self.states[tp] = self.new_state()
         assert self.consumer is not None
         await fence_and_seek(self.consumer, list(sinks.values()), new)
+        if new:
+            positions = {tp.partition: await self.consumer.position(tp) for tp in new}
+            log.info(f"{self.name} relay took partitions", extra={"positions": positions})
 
     async def _drop(self, tps: set[TopicPartition]) -> None:
         """Forget revoked partitions: their state and sinks (their new owner re-reads from
         the last commit), and the position committed for them."""
+        if tps:
+            dropped = sorted(tp.partition for tp in tps)
+            log.info(f"{self.name} relay let partitions go", extra={"partitions": dropped})
         for tp in tps:
             self.states.pop(tp, None)
             self.committed.pop(tp, None)
