@@ -1,7 +1,8 @@
-"""POST load from wrk, a C load generator: a Python client sending 1,000 requests a second
+"""HTTP load from wrk, a C load generator: a Python client sending 1,000 requests a second
 takes a good part of a core on a two-core machine, from the very system it measures.
 
-wrk runs a Lua script (below) that paces the requests to a target rate and logs, per request,
+wrk runs a Lua script (below) that sends the lines of a plan (method, path, bearer token and
+body each), paces the requests to a target rate and logs, per request,
 its line of the plan and the wall-clock time wrk built it, just before writing it, so each
 receipt's latency runs from the moment its POST left the client. wrk builds a request it
 never writes when a connection is (re)opened: such a line is logged but never accepted, and
@@ -37,18 +38,23 @@ local function now_ms()
   return tonumber(clock.tv_sec) * 1000 + tonumber(clock.tv_nsec) / 1e6
 end
 
-local plan, log, rate, t0, reserved, used = {}, nil, 1, nil, 0, 0
+local plan, log, rate, t0, reserved, used, cycle = {}, nil, 1, nil, 0, 0, false
 
 function init(args)
+  -- A plan line: METHOD PATH TOKEN BODY, the body "-" for none (a body holds no space).
   for line in io.lines(args[1]) do
-    local path, token = line:match("^(%S+) (%S+)$")
-    plan[#plan + 1] = wrk.format("POST", path, {
-      ["Authorization"] = "Bearer " .. token,
-      ["Content-Type"] = "application/json",
-    }, "{}")
+    local method, path, token, body = line:match("^(%S+) (%S+) (%S+) (%S+)$")
+    local headers = {["Authorization"] = "Bearer " .. token}
+    if body == "-" then
+      body = nil
+    else
+      headers["Content-Type"] = "application/json"
+    end
+    plan[#plan + 1] = wrk.format(method, path, headers, body)
   end
   log = io.open(args[2], "w")
   rate = tonumber(args[3])
+  cycle = args[4] == "cycle"
 end
 
 function delay()
@@ -62,7 +68,9 @@ end
 function request()
   used = used + 1
   if used > #plan then
-    -- The plan is spent: repeat its last request (an unchanged receipt, not measured).
+    -- The plan is spent: go round it again (reads), or repeat its last request (an
+    -- unchanged receipt, not measured).
+    if cycle then return plan[(used - 1) % #plan + 1] end
     return plan[#plan]
   end
   log:write(used, " ", string.format("%.3f", now_ms()), "\n")
@@ -128,11 +136,30 @@ def read_log(path: Path) -> dict[int, float]:
     return sent
 
 
-def _prepare(workdir: Path, plan: list[tuple[str, str]]) -> tuple[Path, Path, Path]:
+@dataclass(frozen=True)
+class Request:
+    """One line of a plan. The body is sent as JSON (None: no body); it must hold no space
+    (orjson writes none), nor the path nor the token."""
+
+    method: str
+    path: str
+    token: str
+    body: bytes | None = None
+
+    def line(self) -> str:
+        body = self.body.decode() if self.body is not None else "-"
+        fields = (self.method, self.path, self.token, body)
+        if any(not f or any(c.isspace() for c in f) for f in fields):
+            raise ValueError(f"a plan field is empty or holds a space: {fields!r}")
+        return " ".join(fields) + "\n"
+
+
+def _prepare(workdir: Path, plan: list[Request]) -> tuple[Path, Path, Path]:
     workdir.mkdir(parents=True, exist_ok=True)
-    script, plan_file, log = workdir / "post.lua", workdir / "plan.txt", workdir / "sent.txt"
+    script, plan_file, log = workdir / "plan.lua", workdir / "plan.txt", workdir / "sent.txt"
     script.write_text(SCRIPT)
-    plan_file.write_text("".join(f"{path} {token}\n" for path, token in plan))
+    with plan_file.open("w") as out:
+        out.writelines(r.line() for r in plan)
     log.unlink(missing_ok=True)
     return script, plan_file, log
 
@@ -145,7 +172,23 @@ async def post_at_rate(
     workdir: Path,
     connections: int = 64,
 ) -> WrkResult:
-    """POST `plan` ((path, token) pairs, in order) at `rate` a second for `duration_s`."""
+    """POST `plan` ((path, token) pairs, in order, each with the body `{}`) at `rate` a
+    second for `duration_s`; the plan spent, its last request is repeated."""
+    requests = [Request("POST", path, token, b"{}") for path, token in plan]
+    return await requests_at_rate(host, requests, rate, duration_s, workdir, connections)
+
+
+async def requests_at_rate(
+    host: str,
+    plan: list[Request],
+    rate: float,
+    duration_s: float,
+    workdir: Path,
+    connections: int = 64,
+    cycle: bool = False,
+) -> WrkResult:
+    """Send `plan` in order at `rate` a second for `duration_s`. Once it is spent, go round
+    it again with `cycle`, else repeat its last request."""
     script, plan_file, log = _prepare(workdir, plan)
     proc = await asyncio.create_subprocess_exec(
         wrk_path(),
@@ -162,6 +205,7 @@ async def post_at_rate(
         str(plan_file),
         str(log),
         str(rate),
+        "cycle" if cycle else "once",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )

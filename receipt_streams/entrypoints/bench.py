@@ -32,16 +32,21 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         ["fold", "ingest", "latency", "recovery"] if args.scenario == "all" else [args.scenario]
     )
     guarantees = ["exactly_once", "at_least_once"] if args.guarantee == "both" else [args.guarantee]
+    keys = args.keys or 1_000_000
     runs = {
         "fold": lambda: bench_fold(b, args.receipts, relays_apart=not args.relays_inline),
         "ingest": lambda: bench_ingest(b, args.requests, args.concurrency),
-        "latency": lambda: bench_latency(b, args.rate, args.duration),
-        "recovery": lambda: bench_recovery(b, args.keys, serve_api=not args.split_api),
+        "latency": lambda: bench_latency(b, args.rate or 1000.0, args.duration or 10.0),
+        "recovery": lambda: bench_recovery(b, keys, serve_api=not args.split_api),
     }
     from receipt_streams.bench.memory import bench_memory  # not in "all": slow, RSS only
+    from receipt_streams.bench.readside import bench_readside  # not in "all": 10M keys
 
     runs["memory"] = lambda: bench_memory(
-        b, args.keys, relays_apart=not args.relays_inline, users_per_room=args.users_per_room
+        b, keys, relays_apart=not args.relays_inline, users_per_room=args.users_per_room
+    )
+    runs["readside"] = lambda: bench_readside(
+        b, args.keys or 10_000_000, args.rate or 500.0, args.duration or 30.0
     )
     results: dict[str, Any] = {}
     per_job: dict[str, list[dict[str, Any]]] = {}

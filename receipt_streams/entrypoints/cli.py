@@ -130,15 +130,30 @@ def build_parser() -> argparse.ArgumentParser:
         "(needs KAFKA_BOOTSTRAP_SERVERS or RECEIPT_STREAMS_BOOTSTRAP_SERVERS)",
     )
     bench.add_argument(
-        "scenario", choices=["fold", "ingest", "latency", "recovery", "memory", "all"]
+        "scenario",
+        choices=["fold", "ingest", "latency", "recovery", "memory", "readside", "all"],
     )
     bench.add_argument("--receipts", type=int, default=50_000, help="fold: receipts preloaded")
     bench.add_argument("--requests", type=int, default=20_000, help="ingest: HTTP requests")
     bench.add_argument("--concurrency", type=int, default=64, help="ingest: clients")
-    bench.add_argument("--rate", type=float, default=1000.0, help="latency: receipts/s")
-    bench.add_argument("--duration", type=float, default=10.0, help="latency: seconds")
     bench.add_argument(
-        "--keys", type=int, default=1_000_000, help="recovery, memory: distinct table keys"
+        "--rate",
+        type=float,
+        default=None,
+        help="latency: receipts/s (default 1000); readside: requests/s (default 500)",
+    )
+    bench.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="latency: seconds (default 10); readside: seconds of load per endpoint (30)",
+    )
+    bench.add_argument(
+        "--keys",
+        type=int,
+        default=None,
+        help="recovery, memory: distinct table keys (default 1,000,000); readside: receipt "
+        "keys in the changelog (default 10,000,000)",
     )
     bench.add_argument("--partitions", type=int, default=4)
     bench.add_argument(

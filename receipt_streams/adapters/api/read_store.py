@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from rocksdict import Rdict, WriteBatch
+from rocksdict import WriteBatch
 
-from receipt_streams.adapters.engine.stores import RocksMemory
+from receipt_streams.adapters.engine.stores import RocksMemory, open_rdict
 from receipt_streams.core.receipts import Receipt, ReceiptKey
 from receipt_streams.core.sync_view import Changes, Token, sync_rooms
 
@@ -81,7 +81,7 @@ class DiskView:
             option=orjson.OPT_SORT_KEYS,
         )
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = Rdict(str(path), self.memory.options())
+        self.db = open_rdict(path, self.memory.options())
         written = self.db.get(_WRITTEN)
         stale = (
             max_age_s is not None
@@ -95,7 +95,7 @@ class DiskView:
             )
             self.db.close()
             shutil.rmtree(path, ignore_errors=True)
-            self.db = Rdict(str(path), self.memory.options())
+            self.db = open_rdict(path, self.memory.options())
         self.db[_META] = meta
         self.receipt_next = [self._next(b"Or", p) for p in range(receipt_partitions)]
         self.member_next = [self._next(b"Om", p) for p in range(member_partitions)]

@@ -735,3 +735,27 @@ def test_prefix_keys_are_the_keys_with_the_prefix(
                 assert len(seek) == len(set(seek))
                 assert set(seek) == {k for k in view if orjson.loads(k)[0] == room}
             store.close()
+
+
+def test_a_reopened_database_takes_the_options_given(tmp_path: Path) -> None:
+    """rocksdict alone reopens a database with its stored options (and a default block
+    cache): `open_rdict` applies the ones given, the shared memory bound among them."""
+    import re
+
+    from rocksdict import Options
+
+    from receipt_streams.adapters.engine.stores import MiB, RocksMemory, open_rdict
+
+    def options(write_buffer: int) -> Options:
+        return RocksMemory(8 * MiB, write_buffer).options()
+
+    db = open_rdict(tmp_path / "db", options(1 * MiB))
+    db[b"k"] = b"v"
+    db.close()
+    db = open_rdict(tmp_path / "db", options(2 * MiB))
+    assert db[b"k"] == b"v"
+    db.close()
+    newest = max((tmp_path / "db").glob("OPTIONS-*"), key=lambda p: int(p.name.split("-")[1]))
+    text = newest.read_text()
+    assert re.search(r"\n\s*write_buffer_size=2097152\n", text)
+    assert "index_type=kTwoLevelIndexSearch" in text
