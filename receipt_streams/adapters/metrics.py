@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import time
 from typing import Any
 
@@ -46,6 +47,13 @@ BATCH_RECORDS = Histogram(
     "receipt_streams_batch_records",
     "Input records per folded batch.",
     buckets=(1, 10, 50, 100, 500, 1000, 5000, 10000, 50000),
+)
+GC_PAUSE = Histogram(
+    "receipt_streams_gc_pause_seconds",
+    "Python garbage-collector pauses, by generation: the whole process (its HTTP answers, its "
+    "batches) waits while one runs.",
+    ["generation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
 EDUS = Counter("receipt_streams_edus_total", "Federation m.receipt EDUs emitted.")
 FEED_RECORDS = Counter(
@@ -116,3 +124,21 @@ ISOLATIONS = Counter(
     "Batches that failed on their contents and were split to find the records at fault.",
     ["loop"],
 )
+
+
+_gc_started: list[float] = []
+
+
+def _gc_timer(phase: str, info: dict[str, Any]) -> None:
+    if phase == "start":
+        _gc_started[:] = [time.perf_counter()]
+    elif _gc_started:
+        GC_PAUSE.labels(str(info.get("generation", "?"))).observe(
+            time.perf_counter() - _gc_started[0]
+        )
+
+
+def time_gc_pauses() -> None:
+    """Observe every collection's pause in `GC_PAUSE` (once per process)."""
+    if _gc_timer not in gc.callbacks:
+        gc.callbacks.append(_gc_timer)

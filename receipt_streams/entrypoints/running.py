@@ -9,6 +9,7 @@ import signal
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from receipt_streams.adapters import metrics
 from receipt_streams.adapters.api.app import Api, serving
 from receipt_streams.adapters.topics import ensure_topics
 from receipt_streams.config import Settings
@@ -42,5 +43,6 @@ async def run_until_stopped(
 def run_command(s: Settings, serve: Callable[[Settings], Coroutine[Any, Any, None]]) -> int:
     """A console command's body: logging as configured, then `serve` until stopped."""
     logging.config.dictConfig(logging_config(s.log_level, s.log_json))
+    metrics.time_gc_pauses()
     asyncio.run(serve(s))
     return 0

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import logging.config
 
+from receipt_streams.adapters import metrics
 from receipt_streams.adapters.api.app import Api
 from receipt_streams.adapters.api.auth import verifier_for
 from receipt_streams.adapters.api.sync_feed import SyncFeed
@@ -81,6 +82,7 @@ def run_faust_worker(s: Settings, config: dict[str, object]) -> int:
 def run_worker(s: Settings) -> int:
     config = logging_config(s.log_level, s.log_json)
     logging.config.dictConfig(config)
+    metrics.time_gc_pauses()
     if s.engine == "faust":
         return run_faust_worker(s, config)
     asyncio.run(serve(s))

@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 from receipt_streams.adapters.api.auth import TokenVerifier, VerifierUnavailable, admin_tokens_for
 from receipt_streams.adapters.api.protocol import MatrixAppRunner
 from receipt_streams.adapters.api.sync_feed import SyncFeed
+from receipt_streams.adapters.collector import freeze_when_ready
 from receipt_streams.adapters.parking import ParkedLog
 from receipt_streams.adapters.supervise import LoopHealth
 from receipt_streams.config import Settings
@@ -526,6 +527,10 @@ class Api:
     async def healthz(self, request: web.Request) -> web.Response:
         return _json({"status": "ok"})
 
+    def started(self) -> bool:
+        """Tables recovered and the sync view caught up (whatever the loops' health)."""
+        return self.ready() and (self.feed.caught_up.is_set() or not self.client)
+
     async def readyz(self, request: web.Request) -> web.Response:
         tables, view = self.ready(), self.feed.caught_up.is_set() or not self.client
         stuck = LoopHealth.problems()  # a loop failing again and again is not ready
@@ -562,7 +567,10 @@ async def serving(api: Api, s: Settings) -> AsyncIterator[None]:
                 "client_api": api.client,
             },
         )
+        freezing = asyncio.create_task(freeze_when_ready(api.started))
         yield
     finally:
+        if "freezing" in locals():
+            freezing.cancel()
         for runner in reversed(runners):
             await runner.cleanup()
