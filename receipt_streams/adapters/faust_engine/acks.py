@@ -12,12 +12,15 @@ loses records between the fetcher and the agents in ways that reach the commit:
   counts as acked: the commit skips them (it exists for compacted topics and transaction
   markers, but is not told apart from a drop);
 - it commits past an unacked head record (`_new_offset` tolerates a hole of one at the head);
-- a hole of two or more at the head stops the partition's commits for good, while its later
-  records go on being folded (the group looks stuck; nothing reads the missing ones again).
+- a hole of two or more at the head stops the partition's commits until the next rebalance,
+  while its later records go on being folded (the group looks stuck; nothing reads the
+  missing ones again).
 
 So `FoldConsumer`, for the fold's input topics: counts an event as acked only when one of our
 agents marked it processed; ignores the fetch loop's unverified gaps; commits nothing while the
-committed offset's record is neither processed nor known absent; and a stall that lasts
+committed offset's record is neither processed nor known absent (nor, between a revocation and
+the seek after it, while the committed offset is unknown: Faust would commit whatever was
+acked meanwhile); and a stall that lasts
 `STALL_S` is repaired: a throwaway reader looks at the log from the committed offset, offsets
 with no record there (transaction markers) become a verified gap, and if the record is there
 the partition is seeked back to it, so it is read and folded again (the fold is idempotent).
