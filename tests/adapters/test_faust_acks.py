@@ -85,30 +85,3 @@ def test_unverified_fetch_gaps_are_ignored(consumer: FoldConsumer) -> None:
     consumer._committed_offset[tp] = 10
     asyncio.get_event_loop().run_until_complete(consumer._add_gap(tp, 11, 20))
     assert not consumer._gap.get(tp)
-
-
-def gen_message(offset: int, generation: int = 1) -> ConsumerMessage:
-    m = message(offset)
-    m.generation_id = generation
-    return m
-
-
-def test_a_partition_is_folded_in_order(consumer: FoldConsumer) -> None:
-    """After a hole the later records are refused and the partition is read again from the
-    hole: nothing is folded before an earlier record of its partition."""
-    p, tp = consumer.processed, TP(TOPIC, 0)
-    consumer._committed_offset[tp] = 10
-    first = gen_message(10)
-    assert p.admit(first)
-    p.mark(first)
-    assert not p.admit(gen_message(12))  # 11 was dropped on the way
-    assert consumer._pending_rereads == {tp: 11}
-    assert not p.admit(gen_message(10))  # a repeat: done already, not folded again
-    assert p.admit(gen_message(11))
-
-
-def test_a_new_generation_starts_from_the_committed_offset(consumer: FoldConsumer) -> None:
-    p, tp = consumer.processed, TP(TOPIC, 0)
-    p.mark(gen_message(40, generation=1))
-    consumer._committed_offset[tp] = 30  # another owner's commit, read after a rebalance
-    assert p.admit(gen_message(30, generation=2))

@@ -48,47 +48,20 @@ STALL_S = 2.0
 
 
 class Processed:
-    """The messages our agents folded (weakly held: Faust drops them once acked), and per
-    input partition the next offset they may fold, so a partition is folded in order."""
+    """The messages our agents folded (weakly held: Faust drops them once acked)."""
 
     def __init__(self) -> None:
         self.messages: WeakSet[Message] = WeakSet()
         self.topics: set[str] = set()
-        #: tp -> (consumer generation, next offset to fold)
-        self.next: dict[TP, tuple[int | None, int]] = {}
-        self.consumer: FoldConsumer | None = None
 
     def guard(self, *topics: str) -> None:
         self.topics.update(topics)
 
-    def guarded(self, topic: str) -> bool:
-        return topic in self.topics
-
-    def admit(self, message: Message) -> bool:
-        """Whether an agent may fold `message` now. A record before the next offset was
-        folded already (marked done, not folded again); one after it means records between
-        were dropped: it is refused (left unacked) and the partition read again from there,
-        so no record is ever folded before an earlier one of its partition."""
-        tp, gen = message.tp, message.generation_id
-        held = self.next.get(tp)
-        expected = held[1] if held is not None and held[0] == gen else None
-        if expected is None and self.consumer is not None:
-            expected = self.consumer._committed_offset.get(tp)
-        if expected is None or message.offset == expected:
-            return True
-        if message.offset < expected:
-            self.mark(message)
-            return False
-        if self.consumer is not None:
-            self.consumer.reread(tp, expected)
-        return False
-
     def mark(self, message: Message) -> None:
         self.messages.add(message)
-        tp = message.tp
-        held = self.next.get(tp)
-        if held is None or held[0] != message.generation_id or message.offset >= held[1]:
-            self.next[tp] = (message.generation_id, message.offset + 1)
+
+    def guarded(self, topic: str) -> bool:
+        return topic in self.topics
 
 
 class FoldConsumer(Consumer):
@@ -100,21 +73,7 @@ class FoldConsumer(Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         #: Partitions whose commit waits for an unprocessed record: (committed, since).
         self._stalls: dict[TP, tuple[int, float]] = {}
-        #: Partitions to read again from an offset (agents refused a record after a hole).
-        self._rereads: dict[TP, tuple[int, float]] = {}
-        self._pending_rereads: dict[TP, int] = {}
-        self._reread_wanted = asyncio.Event()
         super().__init__(*args, **kwargs)
-        self.processed.consumer = self
-
-    def reread(self, tp: TP, offset: int) -> None:
-        """Ask for `tp` to be read again from `offset` (at most once a second)."""
-        last = self._rereads.get(tp)
-        if last is not None and last[0] == offset and time.monotonic() - last[1] < 1.0:
-            return
-        self._rereads[tp] = (offset, time.monotonic())
-        self._pending_rereads[tp] = offset
-        self._reread_wanted.set()
 
     def ack(self, message: Message) -> bool:
         if not self.processed.guarded(message.topic) or message in self.processed.messages:
@@ -127,7 +86,7 @@ class FoldConsumer(Consumer):
             self._unacked_messages.discard(message)
             notify(self._waiting_for_ack)
         log.info(
-            "%s[%d]@%d not folded (skipped by faust, or after a hole): left uncommitted",
+            "faust skipped %s[%d]@%d during a rebalance: left uncommitted, to be read again",
             message.topic,
             message.partition,
             message.offset,
@@ -157,19 +116,7 @@ class FoldConsumer(Consumer):
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         for tp in revoked:
             self._stalls.pop(tp, None)
-            self._pending_rereads.pop(tp, None)
         await super().on_partitions_revoked(revoked)
-
-    @Service.task
-    async def _serve_rereads(self) -> None:
-        while not self.should_stop:
-            await self.wait_for_stopped(self._reread_wanted, timeout=1.0)
-            self._reread_wanted.clear()
-            if self.app.rebalancing or not self.flow_active:
-                continue
-            wanted, self._pending_rereads = self._pending_rereads, {}
-            for tp, offset in wanted.items():
-                await self._repair(tp, offset)
 
     @Service.task
     async def _repair_stalls(self) -> None:
@@ -194,10 +141,6 @@ class FoldConsumer(Consumer):
         if first > committed:
             # No record between: transaction markers (or deleted). Commit over them.
             self._gap[tp].addi(committed, first)
-            held = self.processed.next.get(tp)
-            if held is not None and held[1] == committed:
-                self.processed.next[tp] = (held[0], first)
-            await self.seek_wait({tp: first})
             log.info(
                 "%s[%d]: no records in [%d, %d) (transaction markers): committing over them",
                 tp.topic,
