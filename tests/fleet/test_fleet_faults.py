@@ -96,11 +96,14 @@ def interleave(work: Workload) -> list[tuple[str, bytes, Any]]:
     return out + work.inbound[j:]
 
 
-# The faust engine's cases are intermittent: in about one run in three a faust worker folds
-# on a table that misses a previous owner's writes after a rebalance (keys older than the
-# reference; seen in the scale-out and SIGKILL cases, before and after the batch engine's
-# transactions). Until that is found they run only when asked for (FLEET_FAUST=1), so that
-# the CI run stays a verdict on the default engine. README, "What the faust engine guarantees".
+# The faust engine's cases (the SIGSTOP case needs fencing, which only the batch engine has)
+# are not yet reliable: Faust loses records around rebalances and broker outages, and its
+# consumer (adapters/faust_engine/acks.py) now refuses to commit past them and reads the
+# partition again from the hole, so nothing is lost; but the records after the hole were
+# folded before the ones in it, and a later receipt for an event can then be folded before
+# the first (seen once in 14 scale-out runs: the table kept the later `ts`). Until the fold
+# keeps each partition in order they run only when asked for (FLEET_FAUST=1), so that the CI
+# run stays a verdict on the default engine. README, "What the faust engine guarantees".
 ENGINES = [
     "batch",
     pytest.param(

@@ -27,6 +27,7 @@ from receipt_streams.adapters.api.sync_feed import SyncFeed
 from receipt_streams.adapters.client_ids import member_client_id
 from receipt_streams.adapters.clock import now_ms
 from receipt_streams.adapters.effects import Output, Router, Tally, limits_of
+from receipt_streams.adapters.faust_engine.acks import Processed, consumer_class
 from receipt_streams.adapters.isolation import REFUSED_DATA
 from receipt_streams.adapters.parking import park_output
 from receipt_streams.adapters.relays.deltas import DeltaRelay
@@ -68,11 +69,16 @@ def create_app(s: Settings) -> faust.App:
         web_enabled=False,  # the HTTP API is our own aiohttp app (adapters/api/app.py)
         **RAW,
     )
+    # Faust loses records around rebalances and broker outages (acks.py): its consumer
+    # commits only what our agents processed, and repairs a partition that stalls.
+    processed = Processed()
+    app.transport.Consumer = consumer_class(processed, s.bootstrap_servers)
     n = s.partitions
     inputs = app.topic(*s.room_keyed_inputs(), **RAW)
     dlq = app.topic(s.topic_dlq, partitions=n, **RAW)
     ticks = app.topic(s.topic_ticks, partitions=n, **RAW)
     federation = app.topic(s.topic_federation, **RAW)
+    processed.guard(*inputs.topics, *federation.topics)
     streams = {
         FEDERATION_IN: app.topic(s.topic_federation_in, partitions=n, **RAW),
         FEDERATION_OUT: app.topic(s.topic_outbox, partitions=n, **RAW),
@@ -144,12 +150,14 @@ def create_app(s: Settings) -> faust.App:
                 # Expired receipts are forgotten at once (after their DLQ records are
                 # durable): a release before the next tick must not fold them as well.
                 await forget_released(msg.partition)
+            processed.mark(msg)
 
     @app.agent(federation, concurrency=1)
     async def split_federation(stream: Any) -> None:
         """Inbound EDUs are keyed by origin: split them and route each entry to its room."""
         async for event in stream.events():
             await run(event.message)
+            processed.mark(event.message)
 
     @app.timer(5.0)
     async def fold_lag() -> None:

@@ -122,6 +122,10 @@ class Relay(ABC, Generic[State]):
             metrics.child(metrics.FENCED, self.name).inc()
             raise
         finally:
+            # A rebalance can still assign partitions while the consumer stops: their sinks
+            # must not outlive this run, or the next run's `assign` finds them, creates no
+            # state for those partitions and never reads them again.
+            await self._drop(set(self.sinks))
             self._reset()
 
     async def _collect(self, consumer: AIOKafkaConsumer) -> None:
