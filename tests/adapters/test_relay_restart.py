@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
+from receipt_streams.adapters import transactions
 from receipt_streams.adapters.effects import Output
 from receipt_streams.adapters.relays import base
 from receipt_streams.adapters.relays.base import Relay
@@ -58,6 +59,9 @@ class StoppingConsumer:
     async def committed(self, tp: TopicPartition) -> int | None:
         return None
 
+    async def position(self, tp: TopicPartition) -> int:
+        return 0
+
 
 class NullProducer:
     async def start(self) -> None:
@@ -72,7 +76,7 @@ async def test_a_failed_run_leaves_no_sinks(
 ) -> None:
     s = worker_settings("127.0.0.1:9", tmp_path, processing_guarantee="at_least_once")
     monkeypatch.setattr(base, "read_committed", lambda *a, **k: StoppingConsumer())
-    monkeypatch.setattr(base, "producer", lambda *a, **k: NullProducer())
+    monkeypatch.setattr(transactions, "producer", lambda *a, **k: NullProducer())
     relay = NullRelay(s, "changelog", 50)
     with pytest.raises(Fenced):
         await relay.run()
