@@ -382,6 +382,7 @@ async def bench_readside(
         "extensions.receipts",
         "plan_users": len(layout.rooms_of),
         "load_average_1m_before_after": [round(load_before, 2), round(load_after, 2)],
-        "beside": "the Kafka broker, wrk (1 thread, 32 connections), the bench process "
-        "(waiting); other agents' work on the same machine",
+        # What this scenario runs beside the API process; anything else on the machine shows
+        # in the load average above.
+        "beside": "the Kafka broker, wrk (1 thread, 32 connections), the bench process (waiting)",
     }
