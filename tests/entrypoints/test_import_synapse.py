@@ -4,7 +4,6 @@ and an import from a Synapse-shaped SQLite database ends in the receipts table o
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import orjson
@@ -13,9 +12,9 @@ import pytest
 from receipt_streams.entrypoints.cli import main
 from receipt_streams.migrate.synapse_import import import_synapse
 from receipt_streams.migrate.synapse_rows import ReceiptRow, map_receipts
-from tests.support.synapse import EXPECTED, ROOM, TS
+from tests.support.synapse import EXPECTED, ROOM, TS, folded_by_a_worker
 from tests.support.synapse import sqlite_db as synapse_db
-from tests.support.worker import TopicReader, WorkerProcess, worker_settings
+from tests.support.worker import worker_settings
 
 OTHER = "!o:hs1"
 
@@ -155,23 +154,5 @@ async def test_import_ends_in_the_receipts_table(kafka_bootstrap: str, tmp_path:
     db = synapse_db(tmp_path / "homeserver.db")
     summary = await import_synapse(s, str(db), page=2, progress=False)
     assert summary.client_receipts == 4 and summary.federation_edus >= 1
-    worker = WorkerProcess(s, tmp_path / "worker.log")
-    try:
-        await asyncio.to_thread(worker.start().wait_ready)
-        async with TopicReader(kafka_bootstrap, s.changelog_receipts) as changelog:
-
-            def table(records: list) -> dict:
-                out = {}
-                for m in records:
-                    key = tuple(orjson.loads(m.key))
-                    out[key] = orjson.loads(m.value)["event_id"] if m.value else None
-                return out
-
-            await changelog.wait_for(
-                lambda r: set(EXPECTED) <= set(table(r)), timeout=60, what="the imported receipts"
-            )
-            await asyncio.sleep(1)  # nothing else arrives
-            await changelog.poll()
-            assert table(changelog.records) == EXPECTED
-    finally:
-        worker.stop()
+    log = tmp_path / "worker.log"
+    assert await folded_by_a_worker(kafka_bootstrap, s, log, EXPECTED) == EXPECTED

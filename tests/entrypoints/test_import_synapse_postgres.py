@@ -28,8 +28,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from receipt_streams.config import Settings
 from tests.support.postgres import postgres_server
-from tests.support.synapse import EXPECTED, ROOM, TS, postgres_db
-from tests.support.worker import TopicReader, WorkerProcess, settings_env, worker_settings
+from tests.support.synapse import EXPECTED, ROOM, TS, folded_by_a_worker, postgres_db
+from tests.support.worker import TopicReader, settings_env, worker_settings
 
 CLI = Path(sys.executable).with_name("receipt-streams")  # the installed console script
 STREAM_IDS = [3, 4, 9, 10, 11, 20]  # gaps, as an updated receipt leaves in Synapse's table
@@ -104,13 +104,6 @@ async def read_all(bootstrap: str, topic: str, count: int) -> list[Any]:
         return reader.values()
 
 
-def table(records: list[Any]) -> dict[Any, Any]:
-    out = {}
-    for m in records:
-        out[tuple(orjson.loads(m.key))] = orjson.loads(m.value)["event_id"] if m.value else None
-    return out
-
-
 @pytest.mark.broker
 async def test_import_from_postgresql(kafka_bootstrap: str, tmp_path: Path, synapse: str) -> None:
     s = worker_settings(kafka_bootstrap, tmp_path)
@@ -163,15 +156,5 @@ async def test_import_from_postgresql(kafka_bootstrap: str, tmp_path: Path, syna
     assert orjson.loads(out)["receipts_read"] == 0
 
     # A worker folds them: its table is exactly what Synapse had.
-    worker = WorkerProcess(s, tmp_path / "worker.log")
-    try:
-        await asyncio.to_thread(worker.start().wait_ready)
-        async with TopicReader(kafka_bootstrap, s.changelog_receipts) as changelog:
-            await changelog.wait_for(
-                lambda r: set(EXPECTED) <= set(table(r)), timeout=60, what="the imported receipts"
-            )
-            await asyncio.sleep(1)  # nothing else arrives
-            await changelog.poll()
-            assert table(changelog.records) == EXPECTED
-    finally:
-        worker.stop()
+    log = tmp_path / "worker.log"
+    assert await folded_by_a_worker(kafka_bootstrap, s, log, EXPECTED) == EXPECTED

@@ -7,12 +7,16 @@ event (negative stream ordering). Receipts' `data` is JSON text, as Synapse stor
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from receipt_streams.config import Settings
+from tests.support.worker import TopicReader, WorkerProcess
 
 ROOM = "!r:hs1"
 TS = 1_700_000_000_000
@@ -110,3 +114,32 @@ def postgres_db(dsn: str, stream_ids: Sequence[int]) -> None:
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         fill(lambda sql, params: conn.execute(sql.replace("?", "%s"), params), stream_ids)
+
+
+def receipts_table(records: list[Any]) -> dict[Any, Any]:
+    """The receipts changelog's last event per key (None: a tombstone)."""
+    out = {}
+    for m in records:
+        out[tuple(orjson.loads(m.key))] = orjson.loads(m.value)["event_id"] if m.value else None
+    return out
+
+
+async def folded_by_a_worker(
+    bootstrap: str, s: Settings, log: Path, expected: dict[Any, Any]
+) -> dict[Any, Any]:
+    """Start a worker on what was imported; once `expected`'s keys are folded (and a second
+    more for anything else), the receipts table it wrote."""
+    worker = WorkerProcess(s, log)
+    try:
+        await asyncio.to_thread(worker.start().wait_ready)
+        async with TopicReader(bootstrap, s.changelog_receipts) as changelog:
+            await changelog.wait_for(
+                lambda r: set(expected) <= set(receipts_table(r)),
+                timeout=60,
+                what="the imported receipts",
+            )
+            await asyncio.sleep(1)  # nothing else arrives
+            await changelog.poll()
+            return receipts_table(changelog.records)
+    finally:
+        worker.stop()
