@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 
+from receipt_streams.bench.process import free_port
 from receipt_streams.config import Settings
 from receipt_streams.ops import kafka
 from receipt_streams.ops.groups import reset_inputs
@@ -81,7 +81,7 @@ def rebuild_settings(s: Settings, app2: str, data_dir: Path, web_port: int) -> S
             "data_dir": data_dir,
             "web_port": web_port,
             "web_host": "127.0.0.1",
-            "admin_port": _free_port(),  # beside the live worker on the same machine
+            "admin_port": free_port(),  # beside the live worker on the same machine
             "topic_sync": f"{app2}-sync",
             "topic_edus": f"{app2}-edus",
             "topic_dlq": f"{app2}-dlq",
@@ -114,18 +114,12 @@ def caught_up(
     return done, sum(targets.values())
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def rebuild_into(
     s: Settings, app2: str, data_dir: Path, timeout_s: float, quiet: bool = False
 ) -> dict[str, Any]:
     if app2 == s.app_id:
         raise CtlError(f"--into {app2} is the live app id", "choose a new app id, e.g. {app_id}-v2")
-    s2 = rebuild_settings(s, app2, data_dir, _free_port())
+    s2 = rebuild_settings(s, app2, data_dir, free_port())
     async with kafka.started(kafka.consumer(s)) as c:
         inputs = await kafka.topic_partitions(c, reset_inputs(s))
         targets = await c.end_offsets(inputs)

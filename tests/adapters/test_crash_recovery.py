@@ -7,12 +7,12 @@ remote server, the latest EDU entry per (room, user, thread) must equal the tabl
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.engines import ENGINES
 from tests.support.judging import latest_edu_entries, latest_per_key, views_from_deltas, views_of
 from tests.support.scenario import SENTINEL, deltas_until_sentinel
 from tests.support.worker import TopicReader, WorkerProcess, produce, worker_settings
@@ -23,22 +23,6 @@ pytestmark = pytest.mark.broker
 # Kill once the changelog has grown by this many records since the chunk was sent.
 KILL_AFTER = [5, 150, 450]
 CHUNK = 1000
-
-
-# The faust engine's case fails in about half the runs since 2026-12-01: after a kill, a
-# partition re-read from a gap folds a later receipt on an event before an earlier one on the
-# same event (the table keeps the later `ts`), or a key ends a step older (README, "What the
-# faust engine guarantees"). Like the faust fleet cases it runs when asked (FLEET_FAUST=1),
-# so that CI stays a verdict on the default engine.
-ENGINES = [
-    "batch",
-    pytest.param(
-        "faust",
-        marks=pytest.mark.skipif(
-            os.environ.get("FLEET_FAUST") != "1", reason="faust fault cases: FLEET_FAUST=1"
-        ),
-    ),
-]
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -11,7 +11,6 @@ end, nothing private in public (tests/support/judging.py).
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import pytest
 
 from tests.fleet.conftest import PrivateKafka
 from tests.support import judging
+from tests.support.engines import ENGINES
 from tests.support.fleet import Fleet, Outputs, feed, pass_sentinels, report
 from tests.support.http import Client
 from tests.support.worker import TopicReader, WorkerProcess, produce, worker_settings
@@ -94,25 +94,6 @@ def interleave(work: Workload) -> list[tuple[str, bytes, Any]]:
             j += 1
         out.append(record)
     return out + work.inbound[j:]
-
-
-# The faust engine's cases (the SIGSTOP case needs fencing, which only the batch engine has)
-# are not yet reliable: Faust loses records around rebalances and broker outages, and its
-# consumer (adapters/faust_engine/acks.py) now refuses to commit past them and reads the
-# partition again from the hole, so nothing is lost; but the records after the hole were
-# folded before the ones in it, and a later receipt for an event can then be folded before
-# the first (seen once in 14 scale-out runs: the table kept the later `ts`). Until the fold
-# keeps each partition in order they run only when asked for (FLEET_FAUST=1), so that the CI
-# run stays a verdict on the default engine. README, "What the faust engine guarantees".
-ENGINES = [
-    "batch",
-    pytest.param(
-        "faust",
-        marks=pytest.mark.skipif(
-            os.environ.get("FLEET_FAUST") != "1", reason="faust fleet cases: FLEET_FAUST=1"
-        ),
-    ),
-]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
