@@ -67,7 +67,7 @@ def guarded(
     a bug must not stop the stream: the record is parked in the DLQ as `internal_error`. A
     failure that is not the record's (a store that cannot be read) is raised: the loop
     restarts rather than send every record to the DLQ."""
-    src = Source(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
+    src = msg if isinstance(msg, Source) else Source.of(msg)
     try:
         return handler(src, now)
     except NotTheRecords:
@@ -135,7 +135,8 @@ class Router:
         }
 
     def handle(self, record: Any, now: int) -> list[Effect]:
-        """Run one input record (anything with topic, partition, offset, key, value)."""
+        """Run one input record (a `Source`, or anything with topic, partition, offset, key,
+        value)."""
         return guarded(self.processor, self.handlers[record.topic], record, now)
 
     def source_of(self, topic: str) -> str:

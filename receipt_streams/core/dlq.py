@@ -57,6 +57,12 @@ class Source(NamedTuple):
     key: bytes | None
     value: bytes | None
 
+    @classmethod
+    def of(cls, record: Any) -> Source:
+        """The source of a consumed record (anything with topic, partition, offset, key and
+        value: a Kafka client's record, a test's)."""
+        return cls(record.topic, record.partition, record.offset, record.key, record.value)
+
 
 def clip(text: str, max_bytes: int) -> str:
     """`text`, cut so that its JSON string (quotes aside) takes at most `max_bytes`."""

@@ -56,9 +56,9 @@ def merged_partner(key: ReceiptKey) -> ReceiptKey | None:
     """The table slot merged with `key` into one read position (m.read <-> m.read.private),
     or None when `key` is not a read receipt."""
     if key.receipt_type == READ:
-        return key._replace(receipt_type=PRIVATE)
+        return ReceiptKey(key.room_id, key.user_id, PRIVATE, key.thread_id)
     if key.receipt_type == PRIVATE:
-        return key._replace(receipt_type=READ)
+        return ReceiptKey(key.room_id, key.user_id, READ, key.thread_id)
     return None
 
 

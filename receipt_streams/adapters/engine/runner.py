@@ -7,9 +7,12 @@ same topics, tables and changelogs, but works a batch at a time:
 
 1. `getmany` a batch; per partition, merge its topics by timestamp (each topic partition keeps
    its order: `ordering.py`) and fold every record through the partition's task (`task.py`);
-2. seal the batch and hand it to a `Checkpoint` (`checkpoint.py`) that makes it durable in a
-   task of its own, while the next batch is folded on top of it: the fold is CPU and the
-   commit is the broker's time, so the two overlap. At most one batch is in flight.
+2. hand the batch to a `Checkpoint` (`checkpoint.py`) that makes it durable in a task of its
+   own. At most one batch is in flight: while it is, what arrives is folded on top of it into
+   the next batch, which is sealed and handed over the moment the one in flight is durable
+   (or waits for it once it reaches `fold_batch_records`). The fold is CPU and the commit is
+   the broker's time, so the two overlap, and a record waits for the commit in flight when it
+   arrives and its own, not for a third.
 3. a batch that fails on its contents (a record whose processing raises, an output or a
    changelog write the broker refuses) is split until the records at fault are found: those
    are parked in the DLQ, every other record is made durable once, in order, and the loop
@@ -72,6 +75,8 @@ class FoldEngine:
         self.inputs = InputBuffers(settings.input_idle_ms)
         self.more_ready = False  # the last batch was cut at its limit: fold on, do not wait
         self.in_flight: asyncio.Task[None] | None = None  # the batch being made durable
+        self.open_records = 0  # records folded into the batch not yet sealed
+        self.open = False  # that batch holds something to commit (records or positions)
         self.lock = asyncio.Lock()
         self.health = LoopHealth.of(self.name)
         self.shared: Any = None  # the plain producer of the ticks
@@ -95,7 +100,12 @@ class FoldEngine:
         self.committed.clear()
         for tp in list(self.inputs.buffers):
             self.inputs.drop(tp)
+        self._forget_open()
         self.assigned = False
+
+    def _forget_open(self) -> None:
+        """The batch not yet sealed was rolled back or dropped with its tasks."""
+        self.open_records, self.open = 0, False
 
     async def run(self) -> None:
         s = self.s
@@ -122,8 +132,7 @@ class FoldEngine:
                 while True:
                     async with self.lock:
                         await self._check_in_flight()  # a batch that could not be made durable
-                    wait = 0 if self.more_ready else 20 if self.inputs.pending() else 200
-                    got = await consumer.getmany(timeout_ms=wait)
+                    got = await self._fetch(consumer)
                     async with self.lock:
                         if self.to_restore:
                             await restore(s, [self.tasks[p] for p in sorted(self.to_restore)])
@@ -132,6 +141,8 @@ class FoldEngine:
                         moved = await self._positions_moved(consumer)
                         if federation or partitions or moved:
                             await self._fold_batch(federation, partitions)
+                        if self.open:
+                            await self._hand_over()
                         elif self.in_flight is None or (
                             self.in_flight.done() and self._in_flight_failure() is None
                         ):
@@ -203,6 +214,23 @@ class FoldEngine:
 
     # --- one batch -----------------------------------------------------------------------
 
+    async def _fetch(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
+        """The next records; while a batch is in flight and another waits to follow it, no
+        longer than until the one in flight is durable (the one waiting goes at once)."""
+        wait = 0 if self.more_ready else 20 if self.inputs.pending() else 200
+        in_flight = self.in_flight
+        if not self.open or in_flight is None or in_flight.done() or wait == 0:
+            return await consumer.getmany(timeout_ms=wait)
+        fetch = asyncio.ensure_future(consumer.getmany(timeout_ms=wait))
+        await asyncio.wait({fetch, in_flight}, return_when=asyncio.FIRST_COMPLETED)
+        if fetch.done():
+            return fetch.result()
+        # Records are taken from the fetcher only once its wait is over: cancelling the
+        # wait loses none.
+        fetch.cancel()
+        await asyncio.gather(fetch, return_exceptions=True)
+        return {}
+
     async def _ready(
         self, consumer: AIOKafkaConsumer, got: dict[TopicPartition, list[Any]]
     ) -> tuple[list[Any], dict[int, list[Any]]]:
@@ -254,8 +282,8 @@ class FoldEngine:
         return moved
 
     async def _fold_batch(self, federation: list[Any], partitions: dict[int, list[Any]]) -> None:
-        """Fold a batch, then hand it to a checkpoint made durable in a task of its own, and
-        let the next batch be folded meanwhile: at most one batch is in flight."""
+        """Fold what was fetched into the batch not yet sealed (on top of the one in flight:
+        its writes are in the overlays)."""
         now = now_ms()
         tally = Tally()
         todo: dict[int, list[Any]] = {}
@@ -263,8 +291,10 @@ class FoldEngine:
             todo.setdefault(record.partition, []).append(record)
         for p, records in partitions.items():
             todo.setdefault(p, []).extend(records)
+        self.open = True
         for p, records in todo.items():
             task = self.tasks[p]
+            earlier = list(task.records)  # this task's part of the batch, folded before
             try:
                 for i in range(0, len(records), _YIELD_EVERY):
                     task.fold(records[i : i + _YIELD_EVERY], now, tally)
@@ -272,17 +302,28 @@ class FoldEngine:
             except Exception as exc:
                 if not caused_by_contents(exc):
                     raise
-                await self._fold_failed(p, records, exc)
+                await self._fold_failed(p, earlier + records, exc)
                 return
+            self.open_records += len(records)
         tally.flush()
-        size = len(federation) + sum(len(records) for records in partitions.values())
-        metrics.BATCH_RECORDS.observe(size)
+
+    async def _hand_over(self) -> None:
+        """Seal the batch and hand it to a checkpoint made durable in a task of its own, once
+        the one in flight is durable: at most one batch is in flight. Until then it goes on
+        growing, up to `fold_batch_records`."""
+        in_flight = self.in_flight
+        if in_flight is not None and not in_flight.done():
+            if self.open_records < self.s.fold_batch_records:
+                return
+            await self.settle()
+        if self._in_flight_failure() is not None:
+            return  # the run loop splits or restarts; this batch is rolled back with it
+        metrics.BATCH_RECORDS.observe(self.open_records)
+        self._forget_open()
         sealed = [(task, batch) for task in self.tasks.values() if (batch := task.seal())]
-        previous = self.in_flight
-        checkpoint = Checkpoint(sealed, self.committed)
-        self.in_flight = asyncio.create_task(self._checkpoint(checkpoint, previous))
-        if previous is not None:
-            await asyncio.gather(previous, return_exceptions=True)
+        if sealed:
+            checkpoint = Checkpoint(sealed, self.committed)
+            self.in_flight = asyncio.create_task(self._checkpoint(checkpoint, None))
 
     async def _checkpoint(
         self, checkpoint: Checkpoint, previous: asyncio.Task[None] | None
@@ -337,6 +378,7 @@ class FoldEngine:
         )
         for task in self.tasks.values():
             task.rollback()
+        self._forget_open()
         for p, (records, _) in sorted(failures.items()):
             task = self.tasks.get(p)
             if task is None:

@@ -87,18 +87,21 @@ class PartitionTask:
     def fold(self, records: Sequence[Any], now: int, tally: Tally) -> None:
         """Run records through the core, in order; their outputs and offsets join the batch
         in progress, their table writes stay in the overlays."""
-        router, held = self.router, self.processor.held
+        router, held, outputs, kept = self.router, self.processor.held, self.outputs, self.records
+        reached: dict[tuple[str, int], int] = {}
         for record in records:
-            self.records.append(record)
+            kept.append(record)
             tally.input(record.topic)
-            effects = router.handle(record, now)
+            src = Source.of(record)
+            effects = router.handle(src, now)
             source = router.source_of(record.topic)
-            origin = Source(record.topic, record.partition, record.offset, None, None)
-            for removal in router.carry_out(effects, source, self.outputs, tally, origin):
+            for removal in router.carry_out(effects, source, outputs, tally, src):
                 # In the overlay at once, so the rest of the batch sees it; on the changelog
                 # with (or, at least once, after) what the held records became.
                 held.remove(removal.key, removal.records)
-            self.offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
+            reached[(record.topic, record.partition)] = record.offset + 1
+        for (topic, partition), offset in reached.items():
+            self.offsets[TopicPartition(topic, partition)] = offset
 
     def seal(self) -> TaskBatch | None:
         """Hand the batch in progress over to be made durable; its writes stay visible
