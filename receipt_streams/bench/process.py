@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import math
 import os
 import random
 import signal
@@ -103,6 +104,23 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) of process `pid`, from /proc (Linux); NaN when gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - idle) / tick, sum(fields) / tick
+
+
 class WorkerProcess:
     def __init__(self, settings: Settings, log_path: Path, command: str = "worker") -> None:
         self.settings = settings
@@ -143,6 +161,26 @@ class WorkerProcess:
                 raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
             time.sleep(0.1)
         raise TimeoutError(f"worker not ready in {timeout} s:\n{self.tail()}")
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user and system) this start has used so far; NaN once it has exited."""
+        return cpu_seconds(self.proc.pid) if self.proc is not None else math.nan
+
+    def metric_sums(self, name: str) -> dict[str, float]:
+        """`name`'s `_count` and `_sum` from this process's /metrics (a histogram), summed
+        over its labels; empty when the process does not answer."""
+        url = f"http://127.0.0.1:{self.settings.web_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return {}
+        sums: dict[str, float] = {}
+        for line in text.splitlines():
+            for part in ("count", "sum"):
+                if line.startswith(f"{name}_{part}"):
+                    sums[part] = sums.get(part, 0.0) + float(line.rsplit(" ", 1)[1])
+        return sums
 
     def tail(self, n: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])

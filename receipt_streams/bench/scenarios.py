@@ -7,6 +7,8 @@ time, and long phases show a progress bar.
 from __future__ import annotations
 
 import asyncio
+import math
+import os
 import tempfile
 import time
 import urllib.error
@@ -27,10 +29,17 @@ from receipt_streams.bench.measure import (
     group_caught_up,
     groups_caught_up,
     latency_summary,
+    percentile,
     read_topic,
     record_times,
 )
-from receipt_streams.bench.process import WorkerProcess, free_port, worker_settings
+from receipt_streams.bench.process import (
+    WorkerProcess,
+    cpu_seconds,
+    free_port,
+    machine_busy_seconds,
+    worker_settings,
+)
 from receipt_streams.bench.workload import Workload, WorkloadSpec
 from receipt_streams.bench.wrk import post_at_rate, wrk_path
 from receipt_streams.config import Settings
@@ -380,6 +389,8 @@ async def bench_latency(
 
             watchers = [asyncio.create_task(watch(room)) for room in chosen]
             await asyncio.sleep(1.0)
+            cpu_before = _cpu_snapshot(deployment)
+            fold_before = _fold_sums(deployment.worker)
             path = base.split("//", 1)[1].split("/", 1)[1]
             result = await post_at_rate(
                 base.split("/_matrix", 1)[0],
@@ -391,6 +402,10 @@ async def bench_latency(
                 duration,
                 b.workdir / "latency-wrk",
             )
+            cpu = _cpu_used(cpu_before, _cpu_snapshot(deployment))
+            fold = {
+                k: v - fold_before.get(k, 0.0) for k, v in _fold_sums(deployment.worker).items()
+            }
             sent = {plan[i]: at for i, at in result.sent_at_ms.items() if i < len(plan)}
             deadline = time.perf_counter() + 10
             while time.perf_counter() < deadline and not set(sent) <= set(seen):  # noqa: ASYNC110
@@ -399,12 +414,15 @@ async def bench_latency(
             await asyncio.gather(*watchers, return_exceptions=True)
         inputs = await read_topic(b.bootstrap, deployment.worker.settings.topic_client)
         accepted = {
-            (v["room_id"], v["user_id"], v["event_id"])
-            for v in (orjson.loads(r.value) for r in inputs)
+            (v["room_id"], v["user_id"], v["event_id"]): r.timestamp
+            for r in inputs
+            for v in (orjson.loads(r.value),)
         }
+        changelog = await read_topic(b.bootstrap, deployment.worker.settings.changelog_receipts)
     finally:
         deployment.stop()
     lat = [seen[k] - t for k, t in sent.items() if k in seen]
+    stages = _latency_stages(sent, accepted, changelog, seen)
     times = sorted(sent.values())
     span_s = (times[-1] - times[0]) / 1000 if len(times) > 1 else float("nan")
     return {
@@ -412,17 +430,82 @@ async def bench_latency(
         "achieved_rate_per_s": (len(times) - 1) / span_s if len(times) > 1 else 0.0,
         "sent": len(sent),
         # Accepted (in the input topic) but never shown by /sync: a failure.
-        "missing": len((set(sent) & accepted) - set(seen)),
+        "missing": len((set(sent) & accepted.keys()) - set(seen)),
         # Written by wrk as its time ran out, never answered: not accepted, not measured.
-        "cut_off": len(set(sent) - accepted),
+        "cut_off": len(set(sent) - accepted.keys()),
         "non_2xx": result.non_2xx,
         "socket_errors": result.socket_errors,
         "rooms": len(chosen),
         **latency_summary(lat),
         "post_p50_ms": result.p50_ms,
         "post_p99_ms": result.p99_ms,
+        **stages,
+        # What the load cost, and who paid (CPU seconds per second of load: 2.0 is both cores).
+        **cpu,
+        # The fold's checkpoints during the load: how many, and how long each took.
+        "fold_checkpoints": fold.get("checkpoints", math.nan),
+        "fold_checkpoint_mean_ms": 1000
+        * fold.get("checkpoint_s", math.nan)
+        / max(1.0, fold.get("checkpoints", math.nan)),
+        "fold_batch_mean_records": fold.get("records", math.nan)
+        / max(1.0, fold.get("batches", math.nan)),
         "client": "wrk",
     }
+
+
+def _fold_sums(worker: WorkerProcess) -> dict[str, float]:
+    checkpoints = worker.metric_sums("receipt_streams_checkpoint_seconds")
+    batches = worker.metric_sums("receipt_streams_batch_records")
+    return {
+        "checkpoints": checkpoints.get("count", math.nan),
+        "checkpoint_s": checkpoints.get("sum", math.nan),
+        "batches": batches.get("count", math.nan),
+        "records": batches.get("sum", math.nan),
+    }
+
+
+def _cpu_snapshot(d: ApiDeployment) -> dict[str, float]:
+    busy, total = machine_busy_seconds()
+    return {
+        "worker": d.worker.cpu_seconds(),
+        "relays": d.relays.cpu_seconds(),
+        "api": d.api.cpu_seconds(),
+        "bench": cpu_seconds(os.getpid()),
+        "machine": busy,
+        "wall": total / (os.cpu_count() or 1),
+    }
+
+
+def _cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    wall = after["wall"] - before["wall"]
+    return {f"cpu_{name}": (after[name] - before[name]) / wall for name in before if name != "wall"}
+
+
+def _latency_stages(
+    sent: dict[tuple[str, str, str], float],
+    accepted: dict[tuple[str, str, str], int],
+    changelog: list[Any],
+    seen: dict[tuple[str, str, str], float],
+) -> dict[str, float]:
+    """Where a receipt's time went, by the records' own timestamps (one clock, one machine):
+    to the input topic (the API), to its changelog write (the fold's wait and work), and
+    from there to /sync (the commit, the API's read of the changelog, the long-poll)."""
+    written: dict[tuple[str, str, str], int] = {}
+    for record in changelog:
+        if record.value is None:
+            continue
+        room, user, _, _ = orjson.loads(record.key)
+        written.setdefault((room, user, orjson.loads(record.value)["event_id"]), record.timestamp)
+    keys = [k for k in sent if k in accepted and k in written and k in seen]
+    out: dict[str, float] = {}
+    for name, values in (
+        ("api", [accepted[k] - sent[k] for k in keys]),
+        ("fold", [written[k] - accepted[k] for k in keys]),
+        ("visible", [seen[k] - written[k] for k in keys]),
+    ):
+        out[f"stage_{name}_p50_ms"] = percentile(values, 50)
+        out[f"stage_{name}_p99_ms"] = percentile(values, 99)
+    return out
 
 
 # --- recovery --------------------------------------------------------------------------------
