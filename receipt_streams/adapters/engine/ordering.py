@@ -60,12 +60,18 @@ class InputBuffers:
         self.ends.clear()
         self.blocked_since.clear()
 
-    def add(self, tp: Tp, records: list[Any], end: int | None) -> None:
+    def add(self, tp: Tp, records: list[Any], end: int | None, position: int | None = None) -> None:
+        """Fetched `records`; the broker's `end` offset and the consumer's `position` when
+        known. The position counts what no record shows: past a transaction's commit marker
+        (a topic written in transactions ends with one), the last record's offset + 1 stays
+        short of the end, and the partition would seem to have more to come."""
         if tp not in self.buffers:
             return
         self.buffers[tp].extend(records)
         if records:
             self.fetched[tp] = max(records[-1].offset + 1, self.fetched.get(tp, 0))
+        if position is not None:
+            self.fetched[tp] = max(position, self.fetched.get(tp, 0))
         if end is not None:
             self.ends[tp] = end
 

@@ -237,13 +237,16 @@ class FoldEngine:
         """Buffer what was fetched; return the inbound EDUs and, per partition, the records
         that can be folded now (in timestamp order across its topics)."""
         federation: list[Any] = []
+        assigned = consumer.assignment()
         for tp, records in got.items():
             if tp.topic in self.room_keyed:
                 self.inputs.add((tp.topic, tp.partition), records, None)
             else:
                 federation.extend(records)
         for topic, p in list(self.inputs.buffers):
-            self.inputs.add((topic, p), [], consumer.highwater(TopicPartition(topic, p)))
+            tp = TopicPartition(topic, p)
+            if tp in assigned:
+                self.inputs.add((topic, p), [], consumer.highwater(tp), await consumer.position(tp))
         if unknown := [TopicPartition(*tp) for tp in self.inputs.unknown()]:
             # No fetch answered for these yet (an empty topic may never): ask the broker.
             for tp, end in (await consumer.end_offsets(unknown)).items():

@@ -155,6 +155,18 @@ def test_a_caught_up_empty_topic_does_not_block() -> None:
     assert stamps(buffers.take(0, now_ms=1)) == [3, 4]
 
 
+def test_a_topic_ending_with_a_commit_marker_is_caught_up_at_the_consumers_position() -> None:
+    a, b = (R, 0), (J, 0)  # b is written in transactions: a commit marker follows its records
+    buffers = make(a, b)
+    caught_up(buffers, a, recs(a, [0]))
+    buffers.add(b, recs(b, [1, 2]), 4, position=3)  # offset 2 is the marker: no record shows it
+    assert stamps(buffers.take(0, now_ms=0)) == [0, 1, 2]
+    ra = recs(a, [10, 11], start=1)
+    buffers.add(a, ra, None)
+    buffers.add(b, [], 3, position=3)
+    assert buffers.take(0, now_ms=1) == ra  # no wait for records that are not there
+
+
 def test_a_caught_up_topic_blocks_again_once_its_end_moves() -> None:
     a, b = (R, 0), (J, 0)
     buffers = make(a, b)
