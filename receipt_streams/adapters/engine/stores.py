@@ -13,6 +13,8 @@ Bytes kept beyond a call are copied first (`adapters/compact.py`).
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -85,12 +87,52 @@ class RocksMemory:
 _default_memory: RocksMemory | None = None
 
 
+class StoreInUse(RuntimeError):
+    """A RocksDB database is open elsewhere (RocksDB locks its directory): two processes, or
+    two opens in one process, on one data dir."""
+
+    def __init__(self, path: Path, in_this_process: bool = False) -> None:
+        self.path = path
+        where = "already open in this process" if in_this_process else "in use by another process"
+        super().__init__(
+            f"{path} is {where} (RocksDB holds {path / 'LOCK'}): give each worker and API "
+            "process a RECEIPT_STREAMS_DATA_DIR of its own"
+        )
+
+
 def open_rdict(path: Path, options: Options) -> Rdict:
     """Open (or create) a database with `options`. Given only `options`, rocksdict opens an
     existing database with the column-family options stored in its OPTIONS file, whose
     block cache and write buffer manager are then fresh defaults: neither the shared memory
-    bound nor a table option changed since would apply after a restart."""
-    return Rdict(str(path), options, column_families={"default": options})
+    bound nor a table option changed since would apply after a restart.
+
+    A database another open holds raises `StoreInUse` (rocksdict raises a bare `Exception`
+    naming the LOCK file)."""
+    try:
+        return Rdict(str(path), options, column_families={"default": options})
+    except Exception as exc:
+        text = str(exc)
+        if "LOCK" not in text:
+            raise
+        raise StoreInUse(path, "current process" in text) from None
+
+
+def ensure_not_in_use(path: Path) -> None:
+    """Raise `StoreInUse` when another process holds the database at `path` (RocksDB holds a
+    POSIX lock on its LOCK file while the database is open). Only for a database this
+    process has not opened: closing the probe would drop this process's own lock."""
+    try:
+        fd = os.open(path / "LOCK", os.O_RDWR)
+    except OSError:
+        return  # no database yet (or not ours to open: opening it will say so)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise StoreInUse(path) from None
+    else:
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def default_memory() -> RocksMemory:
