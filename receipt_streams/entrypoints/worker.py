@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import logging.config
+import os
 
 from receipt_streams.adapters import metrics
 from receipt_streams.adapters.api.app import Api
 from receipt_streams.adapters.api.auth import verifier_for
 from receipt_streams.adapters.api.sync_feed import SyncFeed
 from receipt_streams.adapters.engine.runner import FoldEngine
-from receipt_streams.adapters.engine.stores import ensure_not_in_use
+from receipt_streams.adapters.engine.stores import claim_dir, ensure_not_in_use
 from receipt_streams.adapters.relays.deltas import DeltaRelay
 from receipt_streams.adapters.relays.edus import EduRelay
 from receipt_streams.adapters.topics import ensure_topics
@@ -90,8 +91,12 @@ def run_worker(s: Settings) -> int:
     logging.config.dictConfig(config)
     metrics.time_gc_pauses()
     with refused_start():
-        if s.engine == "faust":
-            return run_faust_worker(s, config)
-        asyncio.run(serve(s))
-        return 0
+        claim = claim_dir(s.data_dir)  # one worker per data dir, whichever engine
+        try:
+            if s.engine == "faust":
+                return run_faust_worker(s, config)
+            asyncio.run(serve(s))
+            return 0
+        finally:
+            os.close(claim)
     return EXIT_REFUSED

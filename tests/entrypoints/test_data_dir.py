@@ -1,6 +1,7 @@
-"""One data dir per process: a second process serving the API on a data dir whose read store
-(`DATA_DIR/read-view`, RocksDB, the default) another process holds stops at its start with one
-clear line naming the directory and RECEIPT_STREAMS_DATA_DIR, not a RocksDB stack trace."""
+"""One data dir per process: a second process on a data dir another holds stops at its start
+with exit code 2 and one clear line naming the directory and RECEIPT_STREAMS_DATA_DIR, not a
+RocksDB stack trace: a process serving the API on a held read store (`DATA_DIR/read-view`,
+RocksDB, the default), or a second worker on a data dir (which a worker claims whole)."""
 
 from __future__ import annotations
 
@@ -13,38 +14,50 @@ import pytest
 from receipt_streams.entrypoints.running import EXIT_REFUSED
 from tests.support.worker import WorkerProcess, free_port, worker_settings
 
+NO_API = {"serve_api": False, "run_relays": False}
+
 
 @pytest.mark.parametrize(
-    ("command", "update"),
-    [("api", {}), ("worker", {}), ("worker", {"engine": "faust"})],
-    ids=["api", "worker", "faust-worker"],
+    ("first", "second", "held"),
+    [
+        (("api", {}), ("api", {}), "read-view"),
+        (("api", {}), ("worker", {}), "read-view"),
+        (("api", {}), ("worker", {"engine": "faust"}), "read-view"),
+        (("worker", NO_API), ("worker", NO_API), ""),
+        (("worker", NO_API), ("worker", {**NO_API, "engine": "faust"}), ""),
+    ],
+    ids=["api-api", "api-worker", "api-faust", "worker-worker", "worker-faust"],
 )
 def test_a_second_process_on_a_held_data_dir_is_refused_clearly(
-    kafka_bootstrap: str, tmp_path: Path, command: str, update: dict[str, Any]
+    kafka_bootstrap: str,
+    tmp_path: Path,
+    first: tuple[str, dict[str, Any]],
+    second: tuple[str, dict[str, Any]],
+    held: str,
 ) -> None:
     s = worker_settings(kafka_bootstrap, tmp_path, data_dir=tmp_path / "shared")
     assert s.read_store == "rocksdb", "the default"
-    first = WorkerProcess(s, tmp_path / "first.log", "api")
-    second = WorkerProcess(
-        s.model_copy(update={"web_port": free_port(), "admin_port": free_port(), **update}),
+    one = WorkerProcess(s.model_copy(update=first[1]), tmp_path / "first.log", first[0])
+    two = WorkerProcess(
+        s.model_copy(update={"web_port": free_port(), "admin_port": free_port(), **second[1]}),
         tmp_path / "second.log",
-        command,
+        second[0],
     )
     try:
-        first.start().wait_ready()
-        second.start()
-        assert second.proc is not None
+        one.start().wait_ready()
+        two.start()
+        assert two.proc is not None
         deadline = time.monotonic() + 60
-        while second.proc.poll() is None:
-            assert time.monotonic() < deadline, f"still running:\n{second.tail()}"
+        while two.proc.poll() is None:
+            assert time.monotonic() < deadline, f"still running:\n{two.tail()}"
             time.sleep(0.1)
-        assert second.proc.returncode == EXIT_REFUSED, second.tail()
-        assert first.proc is not None and first.proc.poll() is None, "the first one goes on"
+        assert two.proc.returncode == EXIT_REFUSED, two.tail()
+        assert one.proc is not None and one.proc.poll() is None, "the first one goes on"
     finally:
-        second.stop()
-        assert first.stop() == 0, first.tail()
-    log = second.log_path.read_text(errors="replace")
-    view = s.data_dir / "read-view"
-    assert f"cannot start: {view} is in use by another process" in log, log
+        two.stop()
+        assert one.stop() == 0, one.tail()
+    log = two.log_path.read_text(errors="replace")
+    path = s.data_dir / held if held else s.data_dir
+    assert f"cannot start: {path} is in use by another process" in log, log
     assert "give each worker and API process a RECEIPT_STREAMS_DATA_DIR of its own" in log, log
     assert "Traceback" not in log, log

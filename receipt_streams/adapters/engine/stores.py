@@ -95,7 +95,7 @@ class StoreInUse(RuntimeError):
         self.path = path
         where = "already open in this process" if in_this_process else "in use by another process"
         super().__init__(
-            f"{path} is {where} (RocksDB holds {path / 'LOCK'}): give each worker and API "
+            f"{path} is {where} (it holds {path / 'LOCK'}): give each worker and API "
             "process a RECEIPT_STREAMS_DATA_DIR of its own"
         )
 
@@ -115,6 +115,21 @@ def open_rdict(path: Path, options: Options) -> Rdict:
         if "LOCK" not in text:
             raise
         raise StoreInUse(path, "current process" in text) from None
+
+
+def claim_dir(path: Path) -> int:
+    """Hold `path/LOCK` (a POSIX lock, as RocksDB takes on its own) for as long as the
+    returned descriptor is open: `StoreInUse` when another process holds it. A worker claims
+    its data dir so that a second worker on it stops at its start, whatever it would open;
+    `ctl rebuild --local` sees the lock and refuses to wipe under it."""
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise StoreInUse(path) from None
+    return fd
 
 
 def ensure_not_in_use(path: Path) -> None:
