@@ -106,15 +106,17 @@ def open_rdict(path: Path, options: Options) -> Rdict:
     block cache and write buffer manager are then fresh defaults: neither the shared memory
     bound nor a table option changed since would apply after a restart.
 
-    A database another open holds raises `StoreInUse` (rocksdict raises a bare `Exception`
-    naming the LOCK file)."""
+    A database another open holds raises `StoreInUse` (rocksdict raises a bare `Exception`:
+    "While lock file: .../LOCK: ..." from another process, "lock hold by current process"
+    from this one; a LOCK it cannot even open, say for its permissions, is another error)."""
     try:
         return Rdict(str(path), options, column_families={"default": options})
     except Exception as exc:
         text = str(exc)
-        if "LOCK" not in text:
+        in_this_process = "lock hold by current process" in text
+        if not in_this_process and "While lock file" not in text:
             raise
-        raise StoreInUse(path, "current process" in text) from None
+        raise StoreInUse(path, in_this_process) from None
 
 
 def claim_dir(path: Path) -> int:
