@@ -181,10 +181,11 @@ class Settings(BaseSettings):
     rate_limit_burst: float = Field(100.0, ge=1, description="Requests a user may burst.")
     sync_timeout_max_ms: int = Field(30_000, ge=0, description="Longest /sync long-poll.")
     read_store: Literal["memory", "rocksdb"] = Field(
-        "memory",
-        description="Where an API process keeps its view of the changelogs: `memory` (every "
-        "receipt key in the heap) or `rocksdb` (on disk under data_dir/read-view, memory "
-        "bounded by read_store_memory_bytes, ready after a restart from its local copy).",
+        "rocksdb",
+        description="Where an API process keeps its view of the changelogs: `rocksdb` (on "
+        "disk under data_dir/read-view, memory bounded by read_store_memory_bytes, ready "
+        "after a restart from its local copy; RocksDB locks it, so each process needs its "
+        "own data_dir) or `memory` (every receipt key in the heap, rebuilt at each start).",
     )
     read_store_memory_bytes: int = Field(
         64 * 2**20,

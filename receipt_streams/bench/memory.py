@@ -199,6 +199,8 @@ async def bench_memory(
         "worker_growth_mb": (worker_mem["VmHWM"] - worker_idle) / MB,
         "worker_growth_bytes_per_key": (worker_mem["VmHWM"] - worker_idle) / keys,
         "relays_rss_mb": relays_mem["VmRSS"] / MB if relays_mem else None,
+        "api_read_store": s.read_store,
+        "api_read_store_memory_bytes": s.read_store_memory_bytes,
         "api_idle_rss_mb": api_idle / MB,
         "api_rss_mb": api_mem["VmRSS"] / MB,
         "api_hwm_mb": api_mem["VmHWM"] / MB,

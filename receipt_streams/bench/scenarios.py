@@ -557,7 +557,9 @@ def _time_to_ready(worker: WorkerProcess, timeout: float = 600) -> dict[str, flo
 
 
 async def bench_recovery(b: Bench, keys: int, serve_api: bool = True) -> dict[str, Any]:
-    """With serve_api the worker also rebuilds its /sync view (every key, in memory)."""
+    """With serve_api the worker also builds its /sync view: on disk by default (read again
+    only past its local copy at the second start), every key in memory with
+    RECEIPT_STREAMS_READ_STORE=memory."""
     s = b.settings(serve_api=serve_api)
     await ensure_topics(s)
     rooms = max(1, keys // 1000)

@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import logging.config
 import signal
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any
 
 from receipt_streams.adapters import metrics
 from receipt_streams.adapters.api.app import Api, serving
+from receipt_streams.adapters.engine.stores import StoreInUse
 from receipt_streams.adapters.topics import ensure_topics
 from receipt_streams.config import Settings
 from receipt_streams.logs import logging_config
 
 log = logging.getLogger(__name__)
+
+EXIT_REFUSED = 2  # the start was refused (the message says why), not a crash
+
+
+@contextlib.contextmanager
+def refused_start() -> Iterator[None]:
+    """A start this process must not go on with (its data dir is another's) ends with one
+    clear log line, no stack trace; the caller then returns `EXIT_REFUSED`."""
+    try:
+        yield
+    except StoreInUse as exc:
+        log.critical("cannot start: %s", exc, extra={"path": str(exc.path)})
 
 
 async def run_until_stopped(
@@ -44,5 +58,7 @@ def run_command(s: Settings, serve: Callable[[Settings], Coroutine[Any, Any, Non
     """A console command's body: logging as configured, then `serve` until stopped."""
     logging.config.dictConfig(logging_config(s.log_level, s.log_json))
     metrics.time_gc_pauses()
-    asyncio.run(serve(s))
-    return 0
+    with refused_start():
+        asyncio.run(serve(s))
+        return 0
+    return EXIT_REFUSED

@@ -9,17 +9,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import logging.config
+import os
 
 from receipt_streams.adapters import metrics
 from receipt_streams.adapters.api.app import Api
 from receipt_streams.adapters.api.auth import verifier_for
 from receipt_streams.adapters.api.sync_feed import SyncFeed
 from receipt_streams.adapters.engine.runner import FoldEngine
+from receipt_streams.adapters.engine.stores import claim_dir, ensure_not_in_use
 from receipt_streams.adapters.relays.deltas import DeltaRelay
 from receipt_streams.adapters.relays.edus import EduRelay
 from receipt_streams.adapters.topics import ensure_topics
 from receipt_streams.config import Settings
-from receipt_streams.entrypoints.running import run_until_stopped
+from receipt_streams.entrypoints.running import EXIT_REFUSED, refused_start, run_until_stopped
 from receipt_streams.logs import logging_config
 
 log = logging.getLogger(__name__)
@@ -41,8 +43,10 @@ def _starting(s: Settings) -> None:
 async def serve(s: Settings) -> None:
     """The batch fold, the relays (unless run apart) and the HTTP API in one event loop,
     until SIGINT/SIGTERM."""
-    engine = FoldEngine(s)
     feed = SyncFeed(s)
+    if s.serve_api:
+        feed.open()  # a data dir another process holds stops the start here
+    engine = FoldEngine(s)
     api = Api(s, feed, verifier_for(s), ready=engine.ready, client=s.serve_api)
     _starting(s)
     loops = [engine.run_forever()]
@@ -59,6 +63,9 @@ def run_faust_worker(s: Settings, config: dict[str, object]) -> int:
     from receipt_streams.adapters.faust_engine.app import create_app
     from receipt_streams.adapters.faust_engine.state_guard import StateGuard
 
+    if s.serve_api and s.read_store == "rocksdb":
+        # The Faust app opens its view when its API task starts: refuse a held one now.
+        ensure_not_in_use(s.data_dir / "read-view")
     if s.create_topics:
         asyncio.run(ensure_topics(s))
     asyncio.set_event_loop(asyncio.new_event_loop())
@@ -83,7 +90,13 @@ def run_worker(s: Settings) -> int:
     config = logging_config(s.log_level, s.log_json)
     logging.config.dictConfig(config)
     metrics.time_gc_pauses()
-    if s.engine == "faust":
-        return run_faust_worker(s, config)
-    asyncio.run(serve(s))
-    return 0
+    with refused_start():
+        claim = claim_dir(s.data_dir)  # one worker per data dir, whichever engine
+        try:
+            if s.engine == "faust":
+                return run_faust_worker(s, config)
+            asyncio.run(serve(s))
+            return 0
+        finally:
+            os.close(claim)
+    return EXIT_REFUSED

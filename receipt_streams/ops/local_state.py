@@ -25,8 +25,9 @@ def stores_on_disk(data_dir: Path) -> list[Path]:
 
 
 def users(data_dir: Path) -> list[str]:
-    """Why the directory is in use now: a RUNNING marker of a live process, or a RocksDB LOCK
-    held by another process (RocksDB holds it with a POSIX lock while the store is open)."""
+    """Why the directory is in use now: a RUNNING marker of a live process, or a LOCK held by
+    another process (with a POSIX lock: RocksDB's on each open store, a worker's on its data
+    dir, `stores.claim_dir`)."""
     found = []
     marker = data_dir / "RUNNING"
     if marker.exists():

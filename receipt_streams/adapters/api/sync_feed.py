@@ -2,8 +2,9 @@
 
 Every API process reads both changelogs whole (they are compacted): it can answer for every
 room and user without routing. The view is in memory (`SyncIndex`, rebuilt from the logs at
-each start) or on disk (`DiskView`, `RECEIPT_STREAMS_READ_STORE=rocksdb`: a restart reads
-only what its local copy has not; a copy ahead of the logs, a recreated topic, is rebuilt).
+each start, `RECEIPT_STREAMS_READ_STORE=memory`) or on disk (`DiskView`, the default
+`rocksdb`, under DATA_DIR/read-view: a restart reads only what its local copy has not; a copy
+ahead of the logs, a recreated topic, is rebuilt; RocksDB locks it, one process per data dir).
 Each fetched batch is applied, then committed, then long-polls are woken.
 """
 
@@ -39,8 +40,15 @@ class SyncFeed:
         s = self.s
         return SyncIndex(s.partitions, s.partitions, s.sliding_sync_timeline_events)
 
+    def open(self) -> None:
+        """Open the on-disk view (`read_store` rocksdb; the in-memory one needs nothing).
+        The commands call it before serving, so that a data dir another process holds stops
+        the start with `StoreInUse`; a process that never runs the feed (relays, a worker
+        not serving the API) opens none. Idempotent."""
+        if self.s.read_store == "rocksdb" and not isinstance(self.index, DiskView):
+            self.index = self._open_disk()
+
     def _open_disk(self) -> DiskView:
-        """Opened when the feed first runs: processes that never serve the API open none."""
         s = self.s
         return DiskView(
             s.data_dir / "read-view",
@@ -87,8 +95,7 @@ class SyncFeed:
 
     async def run(self) -> None:
         s = self.s
-        if s.read_store == "rocksdb" and not isinstance(self.index, DiskView):
-            self.index = self._open_disk()
+        self.open()
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap_servers,
             enable_auto_commit=False,

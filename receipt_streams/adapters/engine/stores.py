@@ -13,6 +13,8 @@ Bytes kept beyond a call are copied first (`adapters/compact.py`).
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -85,12 +87,69 @@ class RocksMemory:
 _default_memory: RocksMemory | None = None
 
 
+class StoreInUse(RuntimeError):
+    """A RocksDB database is open elsewhere (RocksDB locks its directory): two processes, or
+    two opens in one process, on one data dir."""
+
+    def __init__(self, path: Path, in_this_process: bool = False) -> None:
+        self.path = path
+        where = "already open in this process" if in_this_process else "in use by another process"
+        super().__init__(
+            f"{path} is {where} (it holds {path / 'LOCK'}): give each worker and API "
+            "process a RECEIPT_STREAMS_DATA_DIR of its own"
+        )
+
+
 def open_rdict(path: Path, options: Options) -> Rdict:
     """Open (or create) a database with `options`. Given only `options`, rocksdict opens an
     existing database with the column-family options stored in its OPTIONS file, whose
     block cache and write buffer manager are then fresh defaults: neither the shared memory
-    bound nor a table option changed since would apply after a restart."""
-    return Rdict(str(path), options, column_families={"default": options})
+    bound nor a table option changed since would apply after a restart.
+
+    A database another open holds raises `StoreInUse` (rocksdict raises a bare `Exception`:
+    "While lock file: .../LOCK: ..." from another process, "lock hold by current process"
+    from this one; a LOCK it cannot even open, say for its permissions, is another error)."""
+    try:
+        return Rdict(str(path), options, column_families={"default": options})
+    except Exception as exc:
+        text = str(exc)
+        in_this_process = "lock hold by current process" in text
+        if not in_this_process and "While lock file" not in text:
+            raise
+        raise StoreInUse(path, in_this_process) from None
+
+
+def claim_dir(path: Path) -> int:
+    """Hold `path/LOCK` (a POSIX lock, as RocksDB takes on its own) for as long as the
+    returned descriptor is open: `StoreInUse` when another process holds it. A worker claims
+    its data dir so that a second worker on it stops at its start, whatever it would open;
+    `ctl rebuild --local` sees the lock and refuses to wipe under it."""
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise StoreInUse(path) from None
+    return fd
+
+
+def ensure_not_in_use(path: Path) -> None:
+    """Raise `StoreInUse` when another process holds the database at `path` (RocksDB holds a
+    POSIX lock on its LOCK file while the database is open). Only for a database this
+    process has not opened: closing the probe would drop this process's own lock."""
+    try:
+        fd = os.open(path / "LOCK", os.O_RDWR)
+    except OSError:
+        return  # no database yet (or not ours to open: opening it will say so)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise StoreInUse(path) from None
+    else:
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def default_memory() -> RocksMemory:

@@ -48,9 +48,17 @@ class StaticVerifier:
 
 
 def settings(tmp_path: Path, **overrides: Any) -> Settings:
+    """The view in memory, fed by hand (`make_api`); a data dir of the test's own all the
+    same, so nothing here could take another's RocksDB lock."""
     admin = tmp_path / "admin-tokens.json"
     admin.write_bytes(orjson.dumps([ADMIN_TOKEN]))
-    return Settings(admin_tokens_file=admin, server_name="hs1", **overrides)
+    base: dict[str, Any] = {
+        "admin_tokens_file": admin,
+        "server_name": "hs1",
+        "data_dir": tmp_path / "data",
+        "read_store": "memory",
+    }
+    return Settings(**{**base, **overrides})
 
 
 def make_api(s: Settings) -> tuple[Api, StubProducer]:

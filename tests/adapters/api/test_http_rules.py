@@ -83,7 +83,7 @@ async def test_admin_view_needs_an_admin_token_and_hides_private_receipts(
 
 
 async def test_without_an_admin_tokens_file_the_view_refuses_everyone(tmp_path: Path) -> None:
-    api, _ = make_api(Settings(server_name="hs1"))
+    api, _ = make_api(Settings(server_name="hs1", data_dir=tmp_path, read_store="memory"))
     async with clients(api) as (_, admin):
         status, body, _ = await call(admin, "GET", VIEW, headers=ADMIN)
         assert (status, body["errcode"]) == (401, "M_UNKNOWN_TOKEN")

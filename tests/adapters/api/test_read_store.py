@@ -5,16 +5,21 @@ RocksDB's memory within its bound."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tempfile
 import tracemalloc
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from receipt_streams.adapters.api.read_store import DiskView
-from receipt_streams.adapters.engine.stores import RocksMemory
+from receipt_streams.adapters.api.sync_feed import SyncFeed
+from receipt_streams.adapters.engine.stores import RocksMemory, StoreInUse, ensure_not_in_use
+from receipt_streams.config import Settings
 from receipt_streams.core.receipts import Receipt, ReceiptKey, client_data
 from receipt_streams.core.sync_view import SyncIndex, Token
 from tests.support.sliding import OPS, check_owed
@@ -191,3 +196,62 @@ def test_memory_stays_within_its_bound_whatever_the_key_count(tmp_path: Path) ->
         view.rooms_changed_since([f"!room{n}:hs1"], Token((0,), (0,)))
         assert memory.usage() <= bound
     view.close()
+
+
+def test_a_view_held_elsewhere_is_refused_with_the_dir_and_what_to_do(tmp_path: Path) -> None:
+    """RocksDB locks its directory: a second open, in this process or another, fails with
+    `StoreInUse` naming the directory and RECEIPT_STREAMS_DATA_DIR, not a RocksDB error."""
+    path = tmp_path / "data" / "read-view"
+    view = DiskView(path, 2, 2, 3, MEMORY)
+    try:
+        with pytest.raises(StoreInUse) as same:
+            DiskView(path, 2, 2, 3, MEMORY)
+        assert str(path) in str(same.value) and "already open in this process" in str(same.value)
+        assert "RECEIPT_STREAMS_DATA_DIR of its own" in str(same.value)
+
+        probe = (
+            "import sys\n"
+            "from pathlib import Path\n"
+            "from receipt_streams.adapters.api.read_store import DiskView\n"
+            "from receipt_streams.adapters.engine.stores import StoreInUse, ensure_not_in_use\n"
+            "path = Path(sys.argv[1])\n"
+            "try:\n"
+            "    ensure_not_in_use(path)\n"
+            "except StoreInUse as exc:\n"
+            "    print('probe:', exc)\n"
+            "try:\n"
+            "    DiskView(path, 2, 2, 3)\n"
+            "except StoreInUse as exc:\n"
+            "    print('open:', exc)\n"
+        )
+        other = subprocess.run(
+            [sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=60
+        )
+        assert other.returncode == 0, other.stderr
+        lines = other.stdout.splitlines()
+        assert [line.split(":")[0] for line in lines] == ["probe", "open"], other.stdout
+        for line in lines:
+            assert f"{path} is in use by another process" in line
+            assert "give each worker and API process a RECEIPT_STREAMS_DATA_DIR" in line
+    finally:
+        view.close()
+    ensure_not_in_use(path)  # released with the view
+    DiskView(path, 2, 2, 3, MEMORY).close()
+
+
+def test_two_feeds_on_one_data_dir_in_one_process_collide_clearly(tmp_path: Path) -> None:
+    s = Settings(data_dir=tmp_path, read_store="rocksdb", read_store_memory_bytes=2**22)
+    first = SyncFeed(s)
+    first.open()
+    assert isinstance(first.index, DiskView) and first.index.path == tmp_path / "read-view"
+    first.open()  # idempotent
+    with pytest.raises(StoreInUse, match="already open in this process"):
+        SyncFeed(s).open()
+    memory = SyncFeed(s.model_copy(update={"read_store": "memory"}))
+    memory.open()
+    assert isinstance(memory.index, SyncIndex)
+    first.index.close()
+
+
+def test_the_default_read_store_is_on_disk() -> None:
+    assert Settings.model_fields["read_store"].default == "rocksdb"
