@@ -26,10 +26,10 @@ from receipt_streams.core.processor import (
     Effect,
     Emit,
     Folded,
-    Held,
-    HeldRemoval,
+    ForgetHeld,
     Limits,
     Processor,
+    PutOnHold,
     Removed,
     SendDlq,
 )
@@ -92,7 +92,7 @@ class Tally:
             self.counts[metrics.RECEIPTS, (source, effect.outcome.value)] += 1
         elif isinstance(effect, SendDlq):
             self.counts[metrics.REJECTED, (str(effect.reason),)] += 1
-        elif isinstance(effect, Held):
+        elif isinstance(effect, PutOnHold):
             self.counts[metrics.HELD, (effect.waiting_for,)] += 1
         elif isinstance(effect, Emit) and effect.stream in FEEDS:
             self.counts[metrics.FEED_RECORDS, (effect.stream,)] += 1
@@ -111,7 +111,7 @@ class Tally:
 class Router:
     """The one table of input topic -> core handler, and the one place where effects become
     output records. The engines only decide when records go out and when held receipts are
-    forgotten (the `HeldRemoval`s returned by `carry_out`)."""
+    forgotten (the `ForgetHeld`s returned by `carry_out`)."""
 
     def __init__(self, processor: Processor, s: Settings) -> None:
         self.processor = processor
@@ -150,14 +150,14 @@ class Router:
         outputs: list[Output],
         tally: Tally,
         origin: Source | None = None,
-    ) -> list[HeldRemoval]:
+    ) -> list[ForgetHeld]:
         """Append the records `effects` ask for to `outputs`; count them; return the held
         receipts to forget once those records are durable. `origin` is the input record: the
         feeds go to its partition (co-partitioned by room, like the changelogs), and an output
         over the producer's limit becomes a DLQ record instead (the core keeps its outputs far
         smaller: this is defence in depth)."""
         partition = origin.partition if origin is not None else None
-        removals: list[HeldRemoval] = []
+        removals: list[ForgetHeld] = []
         for effect in effects:
             tally.effect(effect, source)
             # Outputs wait in the batch until it is published: kept compact (a DLQ record's
@@ -169,7 +169,7 @@ class Router:
                 value = compact(effect.value) if effect.value is not None else None
                 out = (self.streams[effect.stream], compact(effect.key), value, to)
                 outputs.append(out if origin is None else bounded(self.s, out, origin))
-            elif isinstance(effect, HeldRemoval):
+            elif isinstance(effect, ForgetHeld):
                 removals.append(effect)
             elif isinstance(effect, Removed):
                 log.info("admin command applied", extra=effect.summary())

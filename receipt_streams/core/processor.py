@@ -40,9 +40,9 @@ from receipt_streams.core.models import (
 from receipt_streams.core.parsing import Rejection, check_key, parse_payload
 from receipt_streams.core.reasons import Reason
 from receipt_streams.core.receipts import Receipt, ReceiptKey
-from receipt_streams.core.state import HeldReceipts, ReceiptsTable, RoomState, Store
+from receipt_streams.core.state import HeldTable, ReceiptsTable, RoomState, Store
 from receipt_streams.core.threads import EventInfo
-from receipt_streams.core.validation import Accept, Hold, check_client_receipt, expiry_reason
+from receipt_streams.core.validation import Accept, WaitFor, check_client_receipt, expiry_reason
 
 
 class SendDlq(NamedTuple):
@@ -71,7 +71,7 @@ class Emit(NamedTuple):
 RecordId = tuple[str, int, int]  # topic, partition, offset of a held record
 
 
-class HeldRemoval(NamedTuple):
+class ForgetHeld(NamedTuple):
     """Forget these held records once everything sent before is durable (after a producer
     flush). Only the named records: others may have joined the same list meanwhile."""
 
@@ -80,7 +80,10 @@ class HeldRemoval(NamedTuple):
     records: frozenset[RecordId]
 
 
-class Held(NamedTuple):
+class PutOnHold(NamedTuple):
+    """A receipt was put on hold (in the held table) until its event or its sender's join
+    is seen: `waiting_for` is "event" or "join"."""
+
     waiting_for: str
 
 
@@ -101,7 +104,7 @@ class Removed(NamedTuple):
         return {f: getattr(self, f) for f in self._fields if f != "keys"}
 
 
-Effect = SendDlq | Folded | HeldRemoval | Held | Emit | Removed
+Effect = SendDlq | Folded | ForgetHeld | PutOnHold | Emit | Removed
 
 FEDERATION_IN, FEDERATION_OUT = "federation_in", "federation_out"
 READ_POSITIONS, HISTORY = "read_positions", "history"
@@ -152,7 +155,7 @@ class Processor:
     ) -> None:
         self.receipts = ReceiptsTable(receipts)
         self.state = RoomState(state)
-        self.held = HeldReceipts(held)
+        self.held = HeldTable(held)
         self.limits = limits
         # Where one store serves several partitions (Faust tables), the partition a room's
         # records go to: an erasure must touch only the rooms of the partition it runs on
@@ -192,7 +195,7 @@ class Processor:
             self.state.put_member(room, user, writes.member)
         member = self.state.member(room, user)
         if member is not None and (member.joined or member.gone):
-            return self._release(HeldReceipts.key(room, "join", user), now_ms)
+            return self._release(HeldTable.key(room, "join", user), now_ms)
         return []
 
     def room_event(self, src: Source, now_ms: int) -> list[Effect]:
@@ -213,7 +216,7 @@ class Processor:
                 ),
             )
         # Release even when the event was known: a crash may have cut a release short.
-        return self._release(HeldReceipts.key(ev.room_id, "event", ev.event_id), now_ms)
+        return self._release(HeldTable.key(ev.room_id, "event", ev.event_id), now_ms)
 
     def federation_edu(self, src: Source, now_ms: int) -> list[Effect]:
         """Split an inbound EDU (keyed by origin) into entries keyed by room; stateless."""
@@ -357,7 +360,7 @@ class Processor:
                 effects += self._try_client(
                     receipt, _source(entry), entry["held_at"], now_ms, expire=True
                 )
-            effects.append(HeldRemoval(key, partition, frozenset(map(record_id, due))))
+            effects.append(ForgetHeld(key, partition, frozenset(map(record_id, due))))
         return effects
 
     # --- rules -------------------------------------------------------------------------
@@ -374,7 +377,7 @@ class Processor:
         )
         if isinstance(verdict, Rejection):
             return [self.reject(src, verdict, now_ms)]
-        if isinstance(verdict, Hold):
+        if isinstance(verdict, WaitFor):
             if expire:
                 why = f"{verdict.dep} not seen within {self.limits.grace_ms} ms"
                 expired = Rejection(expiry_reason(verdict.waiting_for), why)
@@ -448,19 +451,19 @@ class Processor:
         return key.receipt_type == "m.read" and self._local(key.user_id)
 
     def _hold(
-        self, room_id: str, hold: Hold, src: Source, held_at: int, now_ms: int
+        self, room_id: str, hold: WaitFor, src: Source, held_at: int, now_ms: int
     ) -> list[Effect]:
-        key = HeldReceipts.key(room_id, hold.waiting_for, hold.dep)
+        key = HeldTable.key(room_id, hold.waiting_for, hold.dep)
         entries = self.held.get(key)
         this = (src.topic, src.partition, src.offset)
         if any(record_id(e) == this for e in entries):
-            return [Held(hold.waiting_for)]  # already held before a crash
+            return [PutOnHold(hold.waiting_for)]  # already held before a crash
         limits = self.limits
         if len(entries) >= limits.held_per_dep:
             why = f"more than {limits.held_per_dep} receipts wait for {hold.dep}"
             return [self.reject(src, Rejection(Reason.HELD_OVERFLOW, why), now_ms)]
         entries.append(_entry(src, held_at))
-        raw = HeldReceipts.encode(entries)
+        raw = HeldTable.encode(entries)
         if len(raw) > limits.held_key_bytes:
             why = f"receipts waiting for {hold.dep} would take over {limits.held_key_bytes} bytes"
             return [self.reject(src, Rejection(Reason.HELD_OVERFLOW, why), now_ms)]
@@ -472,7 +475,7 @@ class Processor:
             )
             return [self.reject(src, Rejection(Reason.HELD_OVERFLOW, why), now_ms)]
         self.held.put_raw(key, raw, src.partition)
-        return [Held(hold.waiting_for)]
+        return [PutOnHold(hold.waiting_for)]
 
     def _release(self, key: bytes, now_ms: int) -> list[Effect]:
         entries = self.held.get(key)
@@ -484,7 +487,5 @@ class Processor:
             effects += self._try_client(
                 receipt, _source(entry), entry["held_at"], now_ms, expire=False
             )
-        effects.append(
-            HeldRemoval(key, entries[0]["partition"], frozenset(map(record_id, entries)))
-        )
+        effects.append(ForgetHeld(key, entries[0]["partition"], frozenset(map(record_id, entries))))
         return effects

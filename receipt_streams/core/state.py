@@ -92,7 +92,7 @@ class RoomState:
         )
 
 
-class HeldReceipts:
+class HeldTable:
     """Receipts waiting for their event or join, per (room, what, dep); kept apart from the
     room state so that the grace-period sweep scans only these few entries.
 

@@ -1,6 +1,6 @@
 """Checks on a local user's receipt before it is folded (CONTRACT §4.8).
 
-The answer is Accept, Hold (its event or its sender's join has not been seen yet: inputs come
+The answer is Accept, WaitFor (its event or its sender's join has not been seen yet: inputs come
 on different topics, so a receipt can overtake them) or a Rejection for the DLQ.
 """
 
@@ -23,14 +23,14 @@ class Accept(NamedTuple):
     receipt: Receipt
 
 
-class Hold(NamedTuple):
+class WaitFor(NamedTuple):
     """Wait for `dep`: an event ID (`event`) or the sender's user ID (`join`)."""
 
     waiting_for: Literal["event", "join"]
     dep: str
 
 
-Verdict = Accept | Hold | Rejection
+Verdict = Accept | WaitFor | Rejection
 
 
 def check_thread_param(receipt_type: str, thread_id: object) -> Rejection | None:
@@ -59,10 +59,10 @@ def check_client_receipt(
             f"{r.user_id} is not joined to {r.room_id} (membership {member.membership})",
         )
     if member is None or not member.joined:
-        return Hold("join", r.user_id)
+        return WaitFor("join", r.user_id)
     event = lookup(r.event_id)
     if event is None:
-        return Hold("event", r.event_id)
+        return WaitFor("event", r.event_id)
     if r.thread_id is not None:
         actual = thread_of(r.event_id, lookup)
         if actual != r.thread_id:

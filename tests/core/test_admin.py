@@ -123,7 +123,7 @@ def test_a_purged_room_starts_afresh() -> None:
     purge(h, R1)
     effects = h.receipt(A, "m.read", "$e2o", room=R1)
     assert not h.table().get(ReceiptKey(R1, A, "m.read", None))
-    assert effects[-1].__class__.__name__ == "Held"
+    assert effects[-1].__class__.__name__ == "PutOnHold"
     h.member(A, room=R1)
     h.event("$e2o", room=R1)
     assert h.slot(A, room=R1).event_id == "$e2o"

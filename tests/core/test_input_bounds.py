@@ -20,9 +20,9 @@ from receipt_streams.core.federation import (
     edu_contents,
     split_edu,
 )
-from receipt_streams.core.processor import Held, Limits
+from receipt_streams.core.processor import Limits, PutOnHold
 from receipt_streams.core.receipts import Receipt, ReceiptKey
-from receipt_streams.core.state import HeldReceipts
+from receipt_streams.core.state import HeldTable
 from tests.core.harness import ROOM, T0, Harness, decoded, dlq_reasons, dlqs, folded
 
 A = "@a:hs1"
@@ -165,7 +165,7 @@ def test_held_list_is_capped_in_bytes() -> None:
     h = Harness(Limits(held_key_bytes=4_000))
     h.member(A)
     outcomes = [h.receipt(A, "m.read", "$later", thread_id=f"${i:0>200}") for i in range(40)]
-    held = [o for o in outcomes if o == [Held("event")]]
+    held = [o for o in outcomes if o == [PutOnHold("event")]]
     overflow = [o for o in outcomes if dlq_reasons(o) == ["held_overflow"]]
     assert held and overflow and len(held) + len(overflow) == 40
     assert all(len(raw) <= 4_000 for raw in h.held.values())
@@ -180,7 +180,7 @@ def test_held_bytes_are_capped_per_partition() -> None:
     assert sum(map(len, h.held.values())) <= 3_000
     # What is released makes room again.
     h.event("$later0")
-    assert h.receipt(A, "m.read", "$later99") == [Held("event")]
+    assert h.receipt(A, "m.read", "$later99") == [PutOnHold("event")]
 
 
 def actual(store: dict[bytes, bytes], partition: int) -> int:
@@ -224,7 +224,7 @@ def test_partition_bytes_follow_the_store(ops: list[tuple[Any, ...]]) -> None:
             h.partition = p
             h.tick(h.now + dt)
         else:
-            h.processor.held = held = HeldReceipts(h.held)
+            h.processor.held = held = HeldTable(h.held)
         for p in (0, 1):
             assert held.partition_bytes(p) == actual(h.held, p)
 

@@ -7,9 +7,9 @@ import pytest
 
 from receipt_streams.core.dlq import Source
 from receipt_streams.core.fold import Outcome
-from receipt_streams.core.processor import HISTORY, Folded, Held, HeldRemoval, Limits
+from receipt_streams.core.processor import HISTORY, Folded, ForgetHeld, Limits, PutOnHold
 from receipt_streams.core.receipts import Receipt, ReceiptKey
-from receipt_streams.core.state import HeldReceipts
+from receipt_streams.core.state import HeldTable
 from tests.core.harness import (
     CLIENT,
     EVENTS,
@@ -153,9 +153,9 @@ def test_user_who_left_is_rejected_at_once(h: Harness, membership: str) -> None:
 
 def test_not_yet_joined_is_held_then_released_on_join(h: Harness) -> None:
     effects = h.receipt(C, "m.read", "$e2", ts=42)
-    assert effects == [Held("join")]
+    assert effects == [PutOnHold("join")]
     assert h.table() == {}
-    key = HeldReceipts.key(ROOM, "join", C)
+    key = HeldTable.key(ROOM, "join", C)
     [entry] = h.held_entries()[key]
     assert (entry["topic"], entry["offset"], entry["held_at"]) == (CLIENT, 0, T0)
 
@@ -174,9 +174,9 @@ def test_not_yet_joined_is_held_then_released_on_join(h: Harness) -> None:
 
 
 def test_unknown_event_is_held_then_released_when_the_event_arrives(h: Harness) -> None:
-    assert h.receipt(A, "m.read", "$later", thread_id="$root", ts=7) == [Held("event")]
-    assert h.receipt(B, "m.read.private", "$later") == [Held("event")]
-    key = HeldReceipts.key(ROOM, "event", "$later")
+    assert h.receipt(A, "m.read", "$later", thread_id="$root", ts=7) == [PutOnHold("event")]
+    assert h.receipt(B, "m.read.private", "$later") == [PutOnHold("event")]
+    key = HeldTable.key(ROOM, "event", "$later")
     assert len(h.held_entries()[key]) == 2
     assert h.table() == {}
 
@@ -192,21 +192,21 @@ def test_unknown_event_is_held_then_released_when_the_event_arrives(h: Harness) 
 
 
 def test_release_checks_the_thread_when_the_event_arrives(h: Harness) -> None:
-    assert h.receipt(A, "m.read", "$later", thread_id="main") == [Held("event")]
+    assert h.receipt(A, "m.read", "$later", thread_id="main") == [PutOnHold("event")]
     effects = h.event("$later", rel=("m.thread", "$root"))
     assert dlq_reasons(effects) == ["thread_mismatch"]
-    assert removal_of(effects[-1]) == HeldReceipts.key(ROOM, "event", "$later")
+    assert removal_of(effects[-1]) == HeldTable.key(ROOM, "event", "$later")
     assert h.table() == {} and h.held == {}
     rejected = decoded(dlqs(effects)[0])
     assert (rejected["topic"], rejected["offset"]) == (CLIENT, 0)
 
 
 def test_held_for_join_then_for_event(h: Harness) -> None:
-    assert h.receipt(C, "m.read", "$later") == [Held("join")]
+    assert h.receipt(C, "m.read", "$later") == [PutOnHold("join")]
     effects = h.member(C)
-    join_key = HeldReceipts.key(ROOM, "join", C)
-    event_key = HeldReceipts.key(ROOM, "event", "$later")
-    assert effects[0] == Held("event") and removal_of(effects[1]) == join_key
+    join_key = HeldTable.key(ROOM, "join", C)
+    event_key = HeldTable.key(ROOM, "event", "$later")
+    assert effects[0] == PutOnHold("event") and removal_of(effects[1]) == join_key
     [entry] = h.held_entries()[event_key]
     assert entry["held_at"] == T0  # the grace period runs from the first hold
     assert join_key not in h.held
@@ -216,18 +216,18 @@ def test_held_for_join_then_for_event(h: Harness) -> None:
 
 
 def test_held_receipt_of_a_user_who_then_leaves_is_rejected(h: Harness) -> None:
-    assert h.receipt(C, "m.read", "$e1") == [Held("join")]
+    assert h.receipt(C, "m.read", "$e1") == [PutOnHold("join")]
     effects = h.member(C, "leave")
     assert dlq_reasons(effects) == ["not_joined"]
-    assert removal_of(effects[-1]) == HeldReceipts.key(ROOM, "join", C)
+    assert removal_of(effects[-1]) == HeldTable.key(ROOM, "join", C)
     assert h.held == {} and h.table() == {}
 
 
 def test_reprocessing_a_held_record_does_not_duplicate_it(h: Harness) -> None:
     src = h.source(CLIENT, orjson.dumps(h.receipt_value(A, "m.read", "$later")), ROOM.encode())
-    assert h.feed(src) == [Held("event")]
+    assert h.feed(src) == [PutOnHold("event")]
     before = dict(h.held)
-    assert h.feed(src) == [Held("event")]  # the same record, redelivered after a crash
+    assert h.feed(src) == [PutOnHold("event")]  # the same record, redelivered after a crash
     assert h.held == before
     [entries] = h.held_entries().values()
     assert len(entries) == 1
@@ -238,8 +238,8 @@ def test_reprocessing_a_held_record_does_not_duplicate_it(h: Harness) -> None:
 def test_held_receipts_expire_into_the_dlq(h: Harness) -> None:
     raw_event = orjson.dumps(h.receipt_value(A, "m.read", "$never", ts=5))
     raw_join = orjson.dumps(h.receipt_value(C, "m.read", "$e1", ts=6))
-    assert h.feed(h.source(CLIENT, raw_event, ROOM.encode())) == [Held("event")]
-    assert h.feed(h.source(CLIENT, raw_join, ROOM.encode())) == [Held("join")]
+    assert h.feed(h.source(CLIENT, raw_event, ROOM.encode())) == [PutOnHold("event")]
+    assert h.feed(h.source(CLIENT, raw_join, ROOM.encode())) == [PutOnHold("join")]
 
     assert h.tick(T0 + GRACE - 1) == []  # not yet
     assert len(h.held) == 2
@@ -255,9 +255,9 @@ def test_held_receipts_expire_into_the_dlq(h: Harness) -> None:
         assert record["topic"] == CLIENT
         assert record["key"] == ROOM
         assert record["ts"] == T0 + GRACE
-    assert {e.key for e in effects if isinstance(e, HeldRemoval)} == {
-        HeldReceipts.key(ROOM, "event", "$never"),
-        HeldReceipts.key(ROOM, "join", C),
+    assert {e.key for e in effects if isinstance(e, ForgetHeld)} == {
+        HeldTable.key(ROOM, "event", "$never"),
+        HeldTable.key(ROOM, "join", C),
     }
     assert h.held == {} and h.table() == {}
     assert h.tick(T0 + 10 * GRACE) == []  # nothing left to expire
@@ -269,8 +269,8 @@ def test_expiry_keeps_entries_that_are_not_due(h: Harness) -> None:
     h.receipt(B, "m.read", "$later")
     effects = h.tick(T0 + GRACE)
     assert dlq_reasons(effects) == ["unknown_event"]
-    key = HeldReceipts.key(ROOM, "event", "$later")
-    [removal] = [e for e in effects if isinstance(e, HeldRemoval)]
+    key = HeldTable.key(ROOM, "event", "$later")
+    [removal] = [e for e in effects if isinstance(e, ForgetHeld)]
     assert removal.key == key and [r[2] for r in removal.records] == [0]
     assert [e["offset"] for e in h.held_entries()[key]] == [1]
     h.event("$later")
@@ -309,7 +309,7 @@ def test_release_cut_short_by_a_crash_is_redone(h: Harness) -> None:
     """The event was indexed but the crash came before the held list was deleted: the
     redelivered event record releases it again, and the fold says REPLAYED if it was applied."""
     h.receipt(A, "m.read", "$later")
-    key = HeldReceipts.key(ROOM, "event", "$later")
+    key = HeldTable.key(ROOM, "event", "$later")
     saved = dict(h.held)
     effects = h.processor.room_event(
         h.source(
@@ -327,7 +327,7 @@ def test_release_cut_short_by_a_crash_is_redone(h: Harness) -> None:
         ),
         T0,
     )
-    assert key in {e.key for e in effects if isinstance(e, HeldRemoval)}  # ... never applied
+    assert key in {e.key for e in effects if isinstance(e, ForgetHeld)}  # ... never applied
     assert h.held == saved
     effects = h.event("$later", pos=20)
     assert [f.outcome for f in folded(effects)] == [Outcome.REPLAYED]
@@ -337,8 +337,8 @@ def test_release_cut_short_by_a_crash_is_redone(h: Harness) -> None:
 def test_held_overflow() -> None:
     h = Harness(Limits(held_per_dep=2))
     h.member(A)
-    assert h.receipt(A, "m.read", "$later") == [Held("event")]
-    assert h.receipt(A, "m.read.private", "$later") == [Held("event")]
+    assert h.receipt(A, "m.read", "$later") == [PutOnHold("event")]
+    assert h.receipt(A, "m.read.private", "$later") == [PutOnHold("event")]
     assert dlq_reasons(h.receipt(A, "m.fully_read", "$later")) == ["held_overflow"]
     h.event("$later")
     assert {k.receipt_type for k in h.table()} == {"m.read", "m.read.private"}
@@ -369,9 +369,9 @@ def test_bad_records_on_every_input_go_to_the_dlq(h: Harness, topic: str) -> Non
 
 def test_membership_for_another_room_does_not_leak(h: Harness) -> None:
     h.member(C, room="!other:hs1")
-    assert h.receipt(C, "m.read", "$e1") == [Held("join")]
+    assert h.receipt(C, "m.read", "$e1") == [PutOnHold("join")]
     h.event("$x", room="!other:hs1")
-    assert h.receipt(A, "m.read", "$x") == [Held("event")]
+    assert h.receipt(A, "m.read", "$x") == [PutOnHold("event")]
 
 
 class CrashOnMemberWrite(dict):
@@ -416,5 +416,5 @@ def test_membership_crash_prefix_through_the_processor(membership: str) -> None:
 
 def removal_of(effect: object) -> bytes:
     """The held key an effect removes records from (fails for any other effect)."""
-    assert isinstance(effect, HeldRemoval), effect
+    assert isinstance(effect, ForgetHeld), effect
     return effect.key

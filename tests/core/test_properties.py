@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from receipt_streams.core.deltas import apply_delta, plan_deltas, table_view
 from receipt_streams.core.fold import Outcome
-from receipt_streams.core.processor import Folded, Held, Limits
+from receipt_streams.core.processor import Folded, Limits, PutOnHold
 from receipt_streams.core.receipts import Receipt, ReceiptKey, client_data
 from tests.core.harness import CLIENT, ROOM, T0, Harness, dlq_reasons, dlqs
 from tests.support.spec import validate_receipt_event
@@ -108,7 +108,7 @@ def test_replay_gives_the_same_table_and_effects(ops: list[Op]) -> None:
     first, second = run(SETUP + ops), run(SETUP + ops)
     for reason in set(dlq_reasons(first.effects)):
         event(f"dlq {reason}")
-    if any(isinstance(e, Held) for e in first.effects):
+    if any(isinstance(e, PutOnHold) for e in first.effects):
         event("held")
     if any(isinstance(e, Folded) for e in first.effects):
         event("folded")
@@ -237,7 +237,7 @@ def test_held_receipts_end_where_the_reference_model_says(
     h = Harness()  # default grace: no tick happens, nothing expires
     for op in merged:
         run_one(h, op)
-    event(f"held {sum(1 for e in h.effects if isinstance(e, Held)) > 0}")
+    event(f"held {sum(1 for e in h.effects if isinstance(e, PutOnHold)) > 0}")
     # Positions follow arrival, so they can differ from `reference`'s numbering: compare events.
     got = {k: v.event_id for k, v in h.table().items()}
     pos: dict[str, int] = {}

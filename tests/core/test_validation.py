@@ -14,7 +14,7 @@ from receipt_streams.core.receipts import Receipt, ReceiptKey
 from receipt_streams.core.threads import EventInfo
 from receipt_streams.core.validation import (
     Accept,
-    Hold,
+    WaitFor,
     check_client_receipt,
     check_thread_param,
     expiry_reason,
@@ -89,12 +89,12 @@ def test_gone_is_rejected_at_once(membership: str) -> None:
 
 @pytest.mark.parametrize("member", [None, MemberState("invite", 1), MemberState("knock", 1)])
 def test_not_yet_joined_is_held(member: MemberState | None) -> None:
-    assert check(cr(), member) == Hold("join", USER)
+    assert check(cr(), member) == WaitFor("join", USER)
 
 
 def test_unknown_event_is_held() -> None:
-    assert check(cr(event_id="$later")) == Hold("event", "$later")
-    assert check(cr(event_id="$later", thread_id="main")) == Hold("event", "$later")
+    assert check(cr(event_id="$later")) == WaitFor("event", "$later")
+    assert check(cr(event_id="$later", thread_id="main")) == WaitFor("event", "$later")
 
 
 def test_fully_read_refuses_thread_id() -> None:

@@ -40,7 +40,7 @@ from receipt_streams.core.processor import (
     FEDERATION_OUT,
     HISTORY,
     READ_POSITIONS,
-    HeldRemoval,
+    ForgetHeld,
     Processor,
 )
 
@@ -112,7 +112,7 @@ def create_app(s: Settings) -> faust.App:
     # Held records to forget, per partition: applied at that partition's next tick, after
     # one producer flush makes durable everything they became (table writes, DLQ records).
     # Faust flushes before every commit too, so one flush per tick replaces one per release.
-    forget: dict[int, list[HeldRemoval]] = {}
+    forget: dict[int, list[ForgetHeld]] = {}
 
     async def run(msg: Any) -> None:
         """One record through the core; its outputs sent at once ("force": not as an
