@@ -39,7 +39,8 @@ DELTA_BATCH = Histogram(
 CHECKPOINT_SECONDS = Histogram(
     "receipt_streams_checkpoint_seconds",
     "Time to make one batch durable (outputs, changelogs and offsets published, by "
-    "transaction or acks), after the batch before it; a receipt waits about two of these.",
+    "transaction or acks); a receipt waits for the rest of the one in flight when it "
+    "arrives, then its own.",
     ["loop"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
