@@ -27,8 +27,7 @@ TEXT_BYTES = 255  # the topic, the EDU origin and each step of an entry's path, 
 # Everything but the key and the value: field names, numbers, two sha256, the message, the
 # EDU's origin, hash and path (3 steps). Counted generously: see `DlqBounds.record_bytes`.
 OVERHEAD_BYTES = 4_096
-EDU_DLQ_FACTOR = 2  # the DLQ records of one EDU take at most this many times its bytes ...
-EDU_DLQ_FLOOR = 4_096  # ... or this many bytes, so a small EDU's few bad entries get a record each
+EDU_DLQ_FACTOR = 2  # the DLQ records of one EDU take at most this many times its bytes, or are one
 
 
 def _b64_len(n: int) -> int:
@@ -179,7 +178,7 @@ def edu_dlq_records(
 ) -> list[tuple[bytes, Reason]]:
     """The DLQ records of an EDU's rejected parts: one per part, each holding that part only,
     the EDU's origin and sha256, while there are at most `max_records` and all of them take
-    at most `EDU_DLQ_FACTOR` times the EDU's bytes (or `EDU_DLQ_FLOOR`); the rest in one
+    at most `EDU_DLQ_FACTOR` times the EDU's bytes; the rest in one
     summary record (its `entries` is their count, its value holds them all, truncated at the
     EDU's size). So the records of an EDU (keys included) fit that budget, or are a single
     record."""
@@ -191,7 +190,10 @@ def edu_dlq_records(
         "sha256": hashlib.sha256(raw).hexdigest(),
         "size": len(raw),
     }
-    budget = max(EDU_DLQ_FACTOR * len(raw), EDU_DLQ_FLOOR)
+    # No floor: a small EDU whose parts' records would pass twice its size gets one summary
+    # record (its fixed overhead is unavoidable), never several (the issue 12 probe: a 371-byte
+    # EDU of 5 forged entries wrote 3,955 bytes of DLQ records under a 4,096-byte floor).
+    budget = EDU_DLQ_FACTOR * len(raw)
     singles: list[tuple[bytes, Reason]] = []
     for part in rejected[:max_records]:
         path = [clip(step, TEXT_BYTES) for step in part.path]

@@ -201,9 +201,10 @@ class Connections:
     """Per (user, connection id), the states of the positions handed out: at most
     `max_connections` connections (the least recently used go first), each forgotten after
     `ttl_s` unused, each with at most `max_rooms` rooms (a larger state is not kept: the
-    connection is reset). Using a position forgets every other one (as Synapse does): the
-    client has moved on from the older ones, and never got the newer ones; the one it uses
-    stays usable until it uses the next."""
+    connection is reset), and at most `max_per_user` per user (a user's new connection beyond
+    them forgets that user's least recently used one, never another user's). Using a position
+    forgets every other one (as Synapse does): the client has moved on from the older ones,
+    and never got the newer ones; the one it uses stays usable until it uses the next."""
 
     def __init__(
         self,
@@ -211,12 +212,24 @@ class Connections:
         ttl_s: float = 3600.0,
         max_rooms: int = 5_000,
         clock: Callable[[], float] = time.monotonic,
+        max_per_user: int = 100,
     ) -> None:
         self.max_connections = max_connections
         self.ttl_s = ttl_s
         self.max_rooms = max_rooms
+        self.max_per_user = max_per_user
         self.clock = clock
         self._conns: OrderedDict[tuple[str, str], _Connection] = OrderedDict()
+        self._per_user: dict[str, int] = {}
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        if self._conns.pop(key, None) is None:
+            return
+        left = self._per_user[key[0]] - 1
+        if left:
+            self._per_user[key[0]] = left
+        else:
+            del self._per_user[key[0]]
 
     def __len__(self) -> int:
         return len(self._conns)
@@ -226,7 +239,7 @@ class Connections:
             key, conn = next(iter(self._conns.items()))
             if now - conn.used <= self.ttl_s and len(self._conns) <= self.max_connections:
                 break
-            del self._conns[key]
+            self._forget(key)
 
     def get(self, user_id: str, conn_id: str, pos: str | None) -> State | None:
         """The state a position was handed out with, or None when unknown; a first request
@@ -235,7 +248,7 @@ class Connections:
         self._expire(now)
         key = (user_id, conn_id)
         if pos is None:
-            self._conns.pop(key, None)
+            self._forget(key)
             return State()
         conn = self._conns.get(key)
         if conn is None or pos not in conn.states:
@@ -252,11 +265,15 @@ class Connections:
         now = self.clock()
         key = (user_id, conn_id)
         if len(state.rooms) > self.max_rooms:
-            self._conns.pop(key, None)
+            self._forget(key)
             return False
         conn = self._conns.get(key)
         if conn is None:
+            if self._per_user.get(user_id, 0) >= self.max_per_user:
+                # One user's many connection ids must not push everyone else's out.
+                self._forget(next(k for k in self._conns if k[0] == user_id))
             conn = self._conns[key] = _Connection(now, {})
+            self._per_user[user_id] = self._per_user.get(user_id, 0) + 1
         conn.used = now
         self._conns.move_to_end(key)
         conn.states[pos] = state

@@ -79,7 +79,9 @@ async def test_inbound_entries_are_checked_one_by_one(
             {
                 room.room_id: {
                     "m.read": {
-                        "@r:hs2": entry("$e1", extra="kept"),  # good
+                        # good; its size leaves room for a DLQ record per rejected entry
+                        # within twice the EDU's bytes (a tiny EDU's share one record)
+                        "@r:hs2": entry("$e1", extra="kept" * 500),
                         "@forged:hs3": entry("$e1"),  # user of another server
                         "@two:hs2": {"event_ids": ["$e1", "$e2"], "data": {"ts": 1}},
                         "@t:hs2": entry("$unknown", thread_id=7),  # unknown event, odd thread
@@ -109,7 +111,7 @@ async def test_inbound_entries_are_checked_one_by_one(
             what="the three good entries",
         )
         seen = users(sync.records)
-    assert seen["@r:hs2"] == ("$e1", {"ts": 1_700_000_000_000, "extra": "kept"})
+    assert seen["@r:hs2"] == ("$e1", {"ts": 1_700_000_000_000, "extra": "kept" * 500})
     assert seen["@t:hs2"] == ("$unknown", {"ts": 1_700_000_000_000})  # unthreaded
     assert set(seen) == {"@r:hs2", "@t:hs2", "@late:hs2"}
 

@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from receipt_streams.core.dlq import (
-    EDU_DLQ_FLOOR,
     MESSAGE_BYTES,
     DlqBounds,
     Source,
@@ -194,6 +193,21 @@ def test_600_forged_entries_take_at_most_twice_the_edu() -> None:
     assert f"{600 - len(singles)} origin_mismatch" in summary["error"]["message"]
 
 
+@pytest.mark.parametrize("n", [2, 5, 10, 20])
+def test_a_small_edu_takes_at_most_twice_its_bytes_or_one_record(n: int) -> None:
+    """The issue 12 probe: a 371-byte EDU of 5 forged entries wrote 3,955 bytes (five
+    records of about 800 bytes each, under a 4,096-byte floor). Now those parts share one
+    summary record, which keeps them all."""
+    raw, records, encoded = edu_records(forged(n))
+    total = sum(len(r) + len(FEDERATION) for r in encoded)
+    assert len(records) == 1 or total <= 2 * len(raw)
+    assert sum(r["edu"]["entries"] for r in records) == n
+    if len(records) == 1:
+        (summary,) = records
+        assert summary["edu"]["path"] is None and not summary["value_truncated"]
+        assert len(parts_of(summary)) == n
+
+
 def test_the_cap_per_edu_holds() -> None:
     _, records, _ = edu_records(forged(50, pad=2_000), cap=5)
     assert len(records) == 6 and records[-1]["edu"]["entries"] == 45
@@ -232,7 +246,7 @@ def test_edu_records_are_bounded_and_lose_no_part(
     raw, records, encoded = edu_records(forged(n, pad), bounds, cap)
     assert all(len(r) <= bounds.record_bytes for r in encoded)
     total = sum(len(r) + len(FEDERATION) for r in encoded)  # DLQ records are keyed by topic
-    assert len(records) == 1 or total <= max(2 * len(raw), EDU_DLQ_FLOOR)
+    assert len(records) == 1 or total <= 2 * len(raw)
     assert len(records) <= cap + 1
     assert sum(r["edu"]["entries"] for r in records) == n
     seen: list[tuple[str, ...]] = []

@@ -120,7 +120,9 @@ def test_remote_receipt_is_folded_as_sent(f: FedHarness) -> None:
 
 
 def test_forged_entry_goes_to_the_dlq_and_the_good_one_is_folded(f: FedHarness) -> None:
-    content = {ROOM: {"m.read": {C: entry("$e1"), D: entry("$e1"), A: entry("$e1")}}}
+    # The good entry's padding makes the EDU large enough for a DLQ record per rejected entry
+    # within twice its bytes (a tiny EDU's rejections share one summary record).
+    content = {ROOM: {"m.read": {C: entry("$e1", p="x" * 2_000), D: entry("$e1"), A: entry("$e1")}}}
     split, routed = f.edu("hs2", content)
     assert dlq_reasons(split) == ["origin_mismatch", "origin_mismatch"]
     dlq = decoded(dlqs(split)[0])
@@ -166,7 +168,7 @@ def test_other_receipt_types_are_rejected_and_the_rest_processed(f: FedHarness) 
         ROOM: {
             "m.read.private": {C: entry("$e3")},
             "m.fully_read": {C: entry("$e3")},
-            "m.read": {C: entry("$e1")},
+            "m.read": {C: entry("$e1", p="x" * 2_000)},  # room for a record per rejection
         }
     }
     split, routed = f.edu("hs2", content)

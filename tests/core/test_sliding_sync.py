@@ -259,6 +259,24 @@ def test_connections_expire_are_bounded_and_reset_when_too_big() -> None:
     assert conns.get(ME, "c", None) == State()  # a new connection starts afresh
 
 
+def test_one_user_many_connection_ids_push_out_only_their_own() -> None:
+    """The issue 12 probe: connection ids are the client's to choose, and the connections
+    an API process keeps are shared by every user, so one user cycling through ids pushed
+    out everyone's state (their next request: M_UNKNOWN_POS). A user's connections beyond
+    `max_per_user` now forget that user's least recently used one."""
+    conns = Connections(max_connections=10, max_per_user=3)
+    state = State(Token((0,), (0,)), {R1: Sent(LIVE)})
+    assert conns.put(B, "phone", "p.b", state)
+    for i in range(50):
+        assert conns.put(ME, f"c{i}", f"p.{i}", state)
+    assert conns.get(B, "phone", "p.b") == state  # another user's state is kept
+    assert len(conns) == 4
+    assert [conns.get(ME, f"c{i}", f"p.{i}") for i in (46, 47, 48, 49)] == [None] + [state] * 3
+    conns.get(ME, "c49", None)  # a fresh start forgets that connection: room for another
+    assert conns.put(ME, "new", "p.new", state)
+    assert conns.get(ME, "c48", "p.48") == state and len(conns) == 4
+
+
 def test_caller_kept_state_needs_no_state_of_ours() -> None:
     """A homeserver keeps the per-room statuses itself: any API process can answer."""
     c = Conn()

@@ -1,6 +1,7 @@
 """Matrix error bodies for requests that never reach the application: aiohttp's HTTP parser
 answers malformed request lines, methods and headers (and oversized ones) itself, in
-text/plain. Here those answers carry the spec's `{"errcode", "error"}` JSON too.
+text/plain. Here those answers carry the spec's `{"errcode", "error"}` JSON too. And a
+connection that sends no complete request is closed after `IDLE_TIMEOUT_S`, not aiohttp's hour.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 log = logging.getLogger(__name__)
+
+# A connection idle this long, between requests or before its first complete request line
+# and headers, is closed (aiohttp's `run_app` default; the AppRunner's own is 3,630 s, so a
+# client trickling a header, or sending nothing, held its connection and file descriptor for
+# an hour).
+IDLE_TIMEOUT_S = 75.0
 
 
 def errcode_for(status: int) -> str:
@@ -58,6 +65,7 @@ class MatrixAppRunner(web.AppRunner):
     """An AppRunner whose connections answer parser errors with Matrix JSON errors."""
 
     async def _make_server(self) -> web.Server:
+        self._kwargs.setdefault("keepalive_timeout", IDLE_TIMEOUT_S)
         server = await super()._make_server()
         server.__class__ = _MatrixServer  # same object, only the protocol factory differs
         return server

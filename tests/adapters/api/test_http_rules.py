@@ -361,3 +361,112 @@ async def test_requests_the_parser_refuses_get_matrix_errors_too(
     assert answer["errcode"] == (errcode or answer["errcode"]) and answer["errcode"].startswith(
         "M_"
     )
+
+
+def _answers(status_prefix: str = "") -> float:
+    from receipt_streams.adapters.api.app import HTTP_LATENCY
+
+    return sum(
+        sample.value
+        for metric in HTTP_LATENCY.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_count") and sample.labels["status"].startswith(status_prefix)
+    )
+
+
+@pytest.mark.parametrize("path", [RECEIPT, MARKERS, "/_matrix/client/v4/sync"])
+async def test_a_client_gone_before_its_body_is_no_server_error(
+    tmp_path: Path, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that announces a body and hangs up before sending it all (seen in the issue 12
+    probe) is its own fault: no ERROR traceback, no 5xx in the latency metric. On the
+    production listener (`serving`): unlike aiohttp's test server, it does not cancel the
+    handler of a lost connection, the body read fails instead."""
+    import asyncio
+
+    from receipt_streams.adapters.api.app import serving
+    from receipt_streams.bench.process import free_port
+
+    s = settings(tmp_path, web_port=free_port(), admin_port=free_port())
+    answered, failed = _answers(), _answers("5")
+    api, producer = make_api(s)
+    async with serving(api, s):
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.web_port)
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer tok-alice\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode()
+        )
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the handler now waits for the rest of the body
+        writer.close()
+        for _ in range(100):  # until the server has noticed and answered (to nobody)
+            if _answers() > answered:
+                break
+            await asyncio.sleep(0.05)
+        assert _answers() == answered + 1
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.web_port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 200")
+        writer.close()
+    assert _answers("5") == failed
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+    assert producer.sent == []
+
+
+async def test_a_connection_without_a_complete_request_is_closed_when_idle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slow clients (the issue 12 probe): a header trickled, or nothing sent at all, held a
+    connection and its file descriptor for aiohttp's 3,630 s; now for `IDLE_TIMEOUT_S`."""
+    import asyncio
+    import time
+
+    from receipt_streams.adapters.api import protocol
+    from receipt_streams.adapters.api.app import serving
+    from receipt_streams.bench.process import free_port
+
+    assert protocol.IDLE_TIMEOUT_S == 75.0
+    monkeypatch.setattr(protocol, "IDLE_TIMEOUT_S", 0.5)
+    s = settings(tmp_path, web_port=free_port(), admin_port=free_port())
+    api, _ = make_api(s)
+    async with serving(api, s):
+        for port in (s.web_port, s.admin_port):
+            for head in (b"", b"GET /healthz HTTP/1.1\r\nHost: h\r\nX-Slow: a"):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(head)
+                started = time.monotonic()
+                assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, no answer
+                assert time.monotonic() - started < 5
+                writer.close()
+
+
+async def test_a_body_not_sent_in_time_gets_408(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client trickling its body holds the request at most `BODY_TIMEOUT_S`."""
+    import asyncio
+
+    from receipt_streams.adapters.api import app
+    from receipt_streams.bench.process import free_port
+
+    assert app.BODY_TIMEOUT_S == 30.0
+    monkeypatch.setattr(app, "BODY_TIMEOUT_S", 0.5)
+    s = settings(tmp_path, web_port=free_port(), admin_port=free_port())
+    api, producer = make_api(s)
+    async with app.serving(api, s):
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.web_port)
+        writer.write(
+            f"POST {RECEIPT} HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer tok-alice\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 408")
+        length = int(
+            next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(
+                b":"
+            )[1]
+        )
+        body = orjson.loads(await asyncio.wait_for(reader.readexactly(length), 10))
+        assert body["errcode"] == "M_UNKNOWN"
+        writer.close()
+    assert producer.sent == []
