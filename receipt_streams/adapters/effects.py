@@ -28,6 +28,7 @@ from receipt_streams.core.processor import (
     Folded,
     ForgetHeld,
     Limits,
+    OverDlqBudget,
     Processor,
     PutOnHold,
     Removed,
@@ -98,6 +99,9 @@ class Tally:
             self.counts[metrics.FEED_RECORDS, (effect.stream,)] += 1
         elif isinstance(effect, Removed):
             self.counts[metrics.REMOVED, (effect.command,)] += effect.receipts
+        elif isinstance(effect, OverDlqBudget):
+            self.counts[metrics.REJECTED, (str(effect.reason),)] += 1
+            self.counts[metrics.DLQ_OVER_BUDGET, (str(effect.reason),)] += 1
 
     def input(self, topic: str) -> None:
         self.counts[metrics.INPUTS, (topic,)] += 1

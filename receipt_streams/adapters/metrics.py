@@ -19,6 +19,12 @@ REJECTED = Counter(
     "Input records or entries sent to the DLQ, by reason.",
     ["reason"],
 )
+DLQ_OVER_BUDGET = Counter(
+    "receipt_streams_dlq_over_budget_total",
+    "Rejected inbound EDU entries counted but not written to the DLQ: their EDU's DLQ records "
+    "would have passed twice its bytes (also counted in receipt_streams_rejected_total).",
+    ["reason"],
+)
 HELD = Counter(
     "receipt_streams_held_total",
     "Receipts held back until their event or join arrives.",

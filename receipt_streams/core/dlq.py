@@ -167,6 +167,36 @@ def _envelope(origin: str, received_ts: int, parts: Sequence[EntryReject]) -> by
     return json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+# What a routing-time DLQ record of one entry takes beyond the entry's own bytes (the record's
+# fields, the error, the EDU's origin, hash and path), counted generously: the entries that get
+# a share are those whose record will fit it.
+ROUTED_OVERHEAD_BYTES = 900
+
+
+def routing_shares(
+    edu_bytes: int, used: int, entry_bytes: Sequence[int], max_records: int
+) -> list[int]:
+    """The DLQ bytes each accepted entry of an EDU may take if its room's partition rejects
+    it (the origin has no member there): what twice the EDU's size leaves after `used` (its
+    parts rejected already), shared by the first entries whose records fit, at most
+    `max_records` of them less those already written; the others get 0 (counted, not
+    written). So the DLQ records of an EDU stay within twice its bytes however its entries
+    are rejected, and where."""
+    shares = [0] * len(entry_bytes)
+    if not entry_bytes or max_records <= 0:
+        return shares
+    # A record holds the entry as JSON text in a JSON string: its quotes escaped.
+    need = max(entry_bytes) * 3 // 2 + ROUTED_OVERHEAD_BYTES
+    left = EDU_DLQ_FACTOR * edu_bytes - used
+    if used == 0 and left < need:
+        shares[0] = need  # too small an EDU for twice its bytes: one record, as for its parts
+        return shares
+    k = min(len(entry_bytes), max_records, max(0, left) // need)
+    for i in range(k):
+        shares[i] = left // k
+    return shares
+
+
 def edu_dlq_records(
     src: Source,
     origin: str,

@@ -28,6 +28,28 @@ MAX_INT64 = 2**63 - 1  # the spec's `ts` is an int64
 MAX_EDU_BYTES = 65_536  # MSC4514: an EDU is at most 64 KiB of canonical JSON
 
 
+class EduShare(NamedTuple):
+    """What an entry routed to its room's partition knows of its EDU: the EDU's sha256 and
+    size, and the DLQ bytes a rejection of the entry there may take (its share of twice the
+    EDU's size, what the EDU's other rejected parts left; 0: counted, not written)."""
+
+    sha256: str
+    size: int
+    dlq_bytes: int
+
+    @classmethod
+    def parse(cls, raw: Any) -> EduShare | None:
+        """From the internal record; None when absent or not in this shape."""
+        if not isinstance(raw, dict):
+            return None
+        sha, size, dlq = raw.get("sha256"), raw.get("size"), raw.get("dlq_bytes")
+        if not (isinstance(sha, str) and len(sha) == 64 and type(size) is int):
+            return None
+        if type(dlq) is not int or dlq < 0:
+            return None
+        return cls(sha, size, dlq)
+
+
 class RemoteReceipt(NamedTuple):
     """One accepted entry of an inbound EDU, routed to its room's partition."""
 
@@ -36,6 +58,7 @@ class RemoteReceipt(NamedTuple):
     user_id: str
     event_id: str
     data: Mapping[str, Any]
+    edu: EduShare | None = None
 
     @property
     def key(self) -> ReceiptKey:
@@ -46,20 +69,22 @@ class RemoteReceipt(NamedTuple):
         return Receipt(self.event_id, stream_pos, self.data["ts"], self.data)
 
     def encode(self) -> bytes:
-        return orjson.dumps(
-            {
-                "origin": self.origin,
-                "room_id": self.room_id,
-                "user_id": self.user_id,
-                "event_id": self.event_id,
-                "data": self.data,
-            }
-        )
+        record = {
+            "origin": self.origin,
+            "room_id": self.room_id,
+            "user_id": self.user_id,
+            "event_id": self.event_id,
+            "data": self.data,
+        }
+        if self.edu is not None:
+            record["edu"] = self.edu._asdict()
+        return orjson.dumps(record)
 
     @classmethod
     def decode(cls, raw: bytes) -> RemoteReceipt:
         d = orjson.loads(raw)
-        return cls(d["origin"], d["room_id"], d["user_id"], d["event_id"], d["data"])
+        edu = EduShare.parse(d.get("edu"))
+        return cls(d["origin"], d["room_id"], d["user_id"], d["event_id"], d["data"], edu)
 
     @classmethod
     def parse(cls, raw: bytes | None) -> RemoteReceipt | Rejection:
@@ -79,7 +104,10 @@ class RemoteReceipt(NamedTuple):
         except ids.InvalidId as exc:
             return Rejection(Reason.BAD_ID, str(exc))
         entry = {"event_ids": [d["event_id"]], "data": d.get("data")}
-        return _entry(d["origin"], d["room_id"], d["user_id"], entry)
+        out = _entry(d["origin"], d["room_id"], d["user_id"], entry)
+        if isinstance(out, Rejection):
+            return out
+        return out._replace(edu=EduShare.parse(d.get("edu")))
 
 
 EntryRejection = EntryReject  # a rejected part of an EDU: path, the part as sent, why

@@ -309,6 +309,19 @@ class OutboundEdu(BaseModel):
     content: dict[str, dict[str, dict[str, Any]]]
 
 
+class FederationEntryEdu(BaseModel):
+    """The EDU an entry came from, for a DLQ record of it on its room's partition."""
+
+    sha256: str = Field(description="sha256 of the EDU record's value, hex.")
+    size: int = Field(description="The EDU record's value, bytes.")
+    dlq_bytes: int = Field(
+        ge=0,
+        description="DLQ bytes a rejection of this entry may take: its share of twice the "
+        "EDU's size left by the EDU's other rejected parts (0: counted in "
+        "receipt_streams_dlq_over_budget_total, not written).",
+    )
+
+
 class FederationEntry(BaseModel):
     """Internal `<app_id>-federation-in`: one inbound EDU entry, routed to its room."""
 
@@ -317,6 +330,9 @@ class FederationEntry(BaseModel):
     user_id: str
     event_id: str
     data: dict[str, Any] = Field(description="As sent, less a non-string thread_id.")
+    edu: FederationEntryEdu | None = Field(
+        None, description="Its EDU (absent: the entry gets a DLQ record of its own)."
+    )
 
 
 class OutboxRecord(BaseModel):

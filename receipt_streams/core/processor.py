@@ -9,14 +9,27 @@ before them is durable (a held receipt is only forgotten once its outcome is saf
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
 
-from receipt_streams.core.dlq import DlqBounds, Source, dlq_record, edu_dlq_records
-from receipt_streams.core.federation import RemoteReceipt, outbox_record, split_edu
+from receipt_streams.core.dlq import (
+    DlqBounds,
+    Source,
+    dlq_record,
+    edu_dlq_records,
+    routing_shares,
+)
+from receipt_streams.core.federation import (
+    FEDERATED_TYPE,
+    EduShare,
+    RemoteReceipt,
+    outbox_record,
+    split_edu,
+)
 from receipt_streams.core.feeds import (
     FeedOptions,
     PositionKey,
@@ -104,7 +117,14 @@ class Removed(NamedTuple):
         return {f: getattr(self, f) for f in self._fields if f != "keys"}
 
 
-Effect = SendDlq | Folded | ForgetHeld | PutOnHold | Emit | Removed
+class OverDlqBudget(NamedTuple):
+    """A rejected inbound entry counted but not written to the DLQ: its EDU's DLQ records
+    would pass twice the EDU's bytes (a forged EDU must not multiply into the DLQ)."""
+
+    reason: Reason
+
+
+Effect = SendDlq | Folded | ForgetHeld | PutOnHold | Emit | Removed | OverDlqBudget
 
 FEDERATION_IN, FEDERATION_OUT = "federation_in", "federation_out"
 READ_POSITIONS, HISTORY = "read_positions", "history"
@@ -244,7 +264,18 @@ class Processor:
             self.limits.dlq_per_edu,
         )
         effects: list[Effect] = [SendDlq(src.topic, record, why) for record, why in records]
-        effects += [Emit(FEDERATION_IN, r.room_id.encode(), r.encode()) for r in accepted]
+        raw = src.value or b""
+        share = EduShare(hashlib.sha256(raw).hexdigest(), len(raw), 0)
+        entries = [r._replace(edu=share) for r in accepted]
+        shares = routing_shares(
+            len(raw),
+            sum(len(src.topic.encode()) + len(record) for record, _ in records),
+            [len(r.encode()) for r in entries],
+            max(0, self.limits.dlq_per_edu - len(records)),
+        )
+        for r, dlq_bytes in zip(entries, shares, strict=True):
+            entry = r._replace(edu=share._replace(dlq_bytes=dlq_bytes))
+            effects.append(Emit(FEDERATION_IN, r.room_id.encode(), entry.encode()))
         return effects
 
     def remote_receipt(self, src: Source, now_ms: int) -> list[Effect]:
@@ -255,19 +286,32 @@ class Processor:
             return [self.reject(src, remote, now_ms)]
         servers = self.state.servers(remote.room_id)
         if servers is None or not servers.has(remote.origin):
-            return [
-                self.reject(
-                    src,
-                    Rejection(
-                        Reason.ORIGIN_NOT_IN_ROOM,
-                        f"{remote.origin} has no joined member in {remote.room_id}",
-                    ),
-                    now_ms,
-                )
-            ]
+            why = Rejection(
+                Reason.ORIGIN_NOT_IN_ROOM,
+                f"{remote.origin} has no joined member in {remote.room_id}",
+            )
+            return [self._reject_routed(src, remote, why, now_ms)]
         event = self.state.event(remote.room_id, remote.event_id)
         receipt = remote.receipt(event.stream_pos if event else None)
         return self._fold(remote.key, receipt, "federation")
+
+    def _reject_routed(
+        self, src: Source, remote: RemoteReceipt, why: Rejection, now_ms: int
+    ) -> SendDlq | OverDlqBudget:
+        """A DLQ record of one routed entry with its EDU's hash, within the entry's share of
+        its EDU's DLQ budget; else only counted. An entry that names no EDU (written to the
+        internal topic by something else) gets a record of its own."""
+        edu = remote.edu
+        if edu is None:
+            return self.reject(src, why, now_ms)
+        path = [remote.room_id, FEDERATED_TYPE, remote.user_id]
+        meta = {"origin": remote.origin, "sha256": edu.sha256, "size": edu.size}
+        record = dlq_record(
+            src, why, now_ms, self.limits.dlq, edu={**meta, "path": path, "entries": 1}
+        )
+        if len(src.topic.encode()) + len(record) > edu.dlq_bytes:
+            return OverDlqBudget(why.reason)
+        return SendDlq(src.topic, record, why.reason)
 
     def admin(self, src: Source, now_ms: int) -> list[Effect]:
         """An operator's command: `purge_room` (keyed by the room) or `erase_user` (keyed by

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -182,3 +183,56 @@ async def test_a_600_entry_forged_edu_takes_at_most_twice_its_bytes(
     assert sum(orjson.loads(v)["edu"]["entries"] for _, v in mine) == 600
     assert sum(len(k) + len(v) for k, v in mine) <= 2 * len(raw)
     assert all(len(v) <= RECORD_MAX for _, v in mine)
+
+
+async def test_a_forged_edu_rejected_in_its_rooms_takes_at_most_twice_its_bytes(
+    worker: WorkerProcess, kafka_bootstrap: str
+) -> None:
+    """The origin's own users, for rooms it has no member in: accepted by the split, each
+    entry rejected on its room's partition (`origin_not_in_room`). A record per entry took
+    6 to 9 times the EDU's bytes (the issue 12 probe); they stay within twice, each with the
+    EDU's hash, and the rest are counted. A canary folds after it."""
+    s = worker.settings
+    origin = "evil.example"
+    content = {
+        f"!forged{r}:hs1": {
+            "m.read": {
+                f"@v{r}_{i}:{origin}": {"event_ids": [f"$e{i}"], "data": {"ts": 1}}
+                for i in range(100)
+            }
+        }
+        for r in range(6)  # six rooms, so across partitions
+    }
+    edu = {"origin": origin, "received_ts": 1, "edu": {"edu_type": "m.receipt", "content": content}}
+    raw = json.dumps(edu).encode()
+    await produce(kafka_bootstrap, [(s.topic_federation, origin.encode(), raw)])
+    sha = hashlib.sha256(raw).hexdigest()
+
+    def rejected() -> int:
+        text = (
+            urllib.request.urlopen(f"http://127.0.0.1:{s.web_port}/metrics", timeout=5)
+            .read()
+            .decode()
+        )
+        return sum(
+            int(float(line.rsplit(" ", 1)[1]))
+            for line in text.splitlines()
+            if line.startswith('receipt_streams_rejected_total{reason="origin_not_in_room"}')
+        )
+
+    deadline = time.monotonic() + 30
+    while rejected() < 600:
+        assert time.monotonic() < deadline, f"{rejected()} of 600 rejected\n{worker.tail()}"
+        await asyncio.sleep(0.5)
+    room = Room(s, "!canary:hs1")
+    await produce(kafka_bootstrap, [room.member(CANARY)])
+    assert await canary_folds(kafka_bootstrap, worker, room, "$c1") < CANARY_WITHIN_S
+    records = await dlq_records(
+        kafka_bootstrap,
+        worker,
+        lambda values: any(v.get("edu", {}).get("sha256") == sha for v in values),
+        "a DLQ record of the EDU",
+    )
+    mine = [(k, v) for k, v in records if orjson.loads(v).get("edu", {}).get("sha256") == sha]
+    assert sum(len(k) + len(v) for k, v in mine) <= 2 * len(raw)
+    assert {orjson.loads(v)["error"]["code"] for _, v in mine} == {"origin_not_in_room"}

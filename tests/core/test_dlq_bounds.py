@@ -20,6 +20,7 @@ from receipt_streams.core.dlq import (
     clip,
     dlq_record,
     edu_dlq_records,
+    routing_shares,
 )
 from receipt_streams.core.federation import split_edu
 from receipt_streams.core.models import DlqRecord
@@ -268,3 +269,21 @@ def test_edu_records_with_huge_paths_are_bounded() -> None:
     for r in records:
         assert all(len(orjson.dumps(step)) - 2 <= 255 for step in r["edu"]["path"])
         assert r["value_size"] > 20_000  # the value holds the part exactly, up to the limit
+
+
+@given(
+    edu_bytes=st.integers(1, 200_000),
+    used=st.integers(0, 400_000),
+    entries=st.lists(st.integers(50, 70_000), max_size=700),
+    max_records=st.integers(0, 200),
+)
+def test_routing_shares_keep_an_edu_within_twice_its_bytes_or_one_record(
+    edu_bytes: int, used: int, entries: list[int], max_records: int
+) -> None:
+    shares = routing_shares(edu_bytes, used, entries, max_records)
+    assert len(shares) == len(entries)
+    given_out = [s for s in shares if s > 0]
+    assert len(given_out) <= max_records
+    if used == 0 and len(given_out) == 1:
+        return  # too small an EDU for twice its bytes: one record
+    assert used + sum(shares) <= max(used, 2 * edu_bytes)

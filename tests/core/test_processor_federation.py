@@ -4,6 +4,7 @@ server in the room, and the EDUs built from the outbox valid by the spec."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -21,6 +22,8 @@ from receipt_streams.core.processor import (
     Emit,
     Folded,
     Limits,
+    OverDlqBudget,
+    SendDlq,
 )
 from receipt_streams.core.receipts import Receipt, ReceiptKey
 from tests.core.harness import CLIENT, ROOM, T0, Harness, decoded, dlq_reasons, dlqs, folded
@@ -147,7 +150,11 @@ def test_origin_not_in_room_until_a_member_joins() -> None:
     f = FedHarness()
     f.h.member(A)
     f.h.event("$e1")
-    content = {ROOM: {"m.read": {C: entry("$e1")}}, ROOM2: {"m.read": {C: entry("$x1")}}}
+    pad = "x" * 2_000  # an EDU large enough for a DLQ record per rejected entry
+    content = {
+        ROOM: {"m.read": {C: entry("$e1", p=pad)}},
+        ROOM2: {"m.read": {C: entry("$x1", p=pad)}},
+    }
     split, routed = f.edu("hs2", content)
     assert dlqs(split) == []
     assert dlq_reasons(routed) == ["origin_not_in_room", "origin_not_in_room"]
@@ -161,6 +168,54 @@ def test_origin_not_in_room_until_a_member_joins() -> None:
     # ... and leaves again.
     f.h.member("@other:hs2", "leave")
     assert dlq_reasons(f.route(first)) == ["origin_not_in_room"]
+
+
+def test_a_forged_edu_rejected_in_its_rooms_takes_at_most_twice_its_bytes() -> None:
+    """600 entries of the origin's own users for a room the origin is not in: each is
+    rejected on the room's partition, where a DLQ record per entry would take 6 to 9 times
+    the EDU's bytes (the issue 12 probe). The records stay within twice the EDU's bytes, each
+    with the EDU's hash; the rest are counted."""
+    f = FedHarness()
+    f.h.member(A)
+    users = {f"@v{i}:evil.example": entry(f"$e{i}") for i in range(600)}
+    value = f.edu_value("evil.example", {ROOM: {"m.read": users}})
+    raw = json.dumps(value).encode()
+    split = f.split("evil.example", value)
+    assert dlqs(split) == []
+    routed: list[Effect] = []
+    for emit in emits(split, FEDERATION_IN):
+        routed += f.route(emit)
+    records = dlqs(routed)
+    over = [e for e in routed if isinstance(e, OverDlqBudget)]
+    assert len(records) + len(over) == 600
+    assert 10 <= len(records) < 600
+    assert sum(len(SPLIT.encode()) + len(d.record) for d in records) <= 2 * len(raw)
+    sha = hashlib.sha256(raw).hexdigest()
+    for d in records:
+        edu = decoded(d)["edu"]
+        assert edu["sha256"] == sha and edu["origin"] == "evil.example" and edu["entries"] == 1
+    assert {str(e.reason) for e in over} == {"origin_not_in_room"}
+
+
+def test_a_small_forged_edu_gets_one_record() -> None:
+    f = FedHarness()
+    f.h.member(A)
+    content = {ROOM: {"m.read": {C: entry("$e1")}}, ROOM2: {"m.read": {C: entry("$x1")}}}
+    _, routed = f.edu("hs2", content)
+    assert dlq_reasons(routed) == ["origin_not_in_room"]  # one record, as for its own parts
+    assert [type(e) for e in routed if not isinstance(e, SendDlq)] == [OverDlqBudget]
+
+
+def test_an_entry_written_by_something_else_gets_a_record_of_its_own() -> None:
+    """The internal topic can be written by anyone who can write to the broker: an entry
+    that names no EDU is rejected with a record, as before."""
+    f = FedHarness()
+    f.h.member(A)
+    raw = orjson.dumps(
+        {"origin": "hs2", "room_id": ROOM, "user_id": C, "event_id": "$e1", "data": {"ts": 1}}
+    )
+    routed = f.route(Emit(FEDERATION_IN, ROOM.encode(), raw))
+    assert dlq_reasons(routed) == ["origin_not_in_room"]
 
 
 def test_other_receipt_types_are_rejected_and_the_rest_processed(f: FedHarness) -> None:
@@ -211,7 +266,8 @@ def test_bad_ids_go_to_the_dlq(f: FedHarness, content: dict[str, Any]) -> None:
     split, routed = f.edu("hs2", {**content, ROOM2: {"m.read": {C: entry("$x")}}})
     assert dlq_reasons(split) == ["bad_id"]
     assert [orjson.loads(e.value)["room_id"] for e in emits(split, FEDERATION_IN)] == [ROOM2]
-    assert dlq_reasons(routed) == ["origin_not_in_room"]  # nobody of hs2 in ROOM2
+    # Nobody of hs2 in ROOM2: rejected there too, but this small EDU has its one record.
+    assert [type(e) for e in routed] == [OverDlqBudget]
 
 
 @pytest.mark.parametrize(
