@@ -177,23 +177,27 @@ def routing_shares(
     edu_bytes: int, used: int, entry_bytes: Sequence[int], max_records: int
 ) -> list[int]:
     """The DLQ bytes each accepted entry of an EDU may take if its room's partition rejects
-    it (the origin has no member there): what twice the EDU's size leaves after `used` (its
-    parts rejected already), shared by the first entries whose records fit, at most
-    `max_records` of them less those already written; the others get 0 (counted, not
-    written). So the DLQ records of an EDU stay within twice its bytes however its entries
-    are rejected, and where."""
+    it (the origin has no member there): in the EDU's order, an entry gets what its record
+    needs while twice the EDU's size, less `used` (its parts rejected already), has room for
+    it, at most `max_records` entries; the others get 0 (counted, not written). So the DLQ
+    records of an EDU stay within twice its bytes however its entries are rejected, and
+    where; an EDU too small for one such record gets one, as for its parts."""
     shares = [0] * len(entry_bytes)
     if not entry_bytes or max_records <= 0:
         return shares
     # A record holds the entry as JSON text in a JSON string: its quotes escaped.
-    need = max(entry_bytes) * 3 // 2 + ROUTED_OVERHEAD_BYTES
+    needs = [n * 3 // 2 + ROUTED_OVERHEAD_BYTES for n in entry_bytes]
     left = EDU_DLQ_FACTOR * edu_bytes - used
-    if used == 0 and left < need:
-        shares[0] = need  # too small an EDU for twice its bytes: one record, as for its parts
-        return shares
-    k = min(len(entry_bytes), max_records, max(0, left) // need)
-    for i in range(k):
-        shares[i] = left // k
+    given = 0
+    for i, need in enumerate(needs):
+        if given == max_records:
+            break
+        if need <= left:
+            shares[i] = need
+            left -= need
+            given += 1
+    if given == 0 and used == 0:
+        shares[0] = needs[0]  # too small an EDU for twice its bytes: one record
     return shares
 
 
