@@ -5,13 +5,21 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from receipt_streams.core.dlq import DlqBounds
+
+
+def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """`10.0.0.0/8, 192.168.1.5, ::1`: networks or single addresses, comma-separated."""
+    return tuple(
+        ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip()
+    )
 
 
 class Settings(BaseSettings):
@@ -329,6 +337,18 @@ class Settings(BaseSettings):
     auth_failure_rate_limit_burst: float = Field(
         20.0, ge=1, description="Failed authentications a client IP may burst."
     )
+    trusted_proxies: str = Field(
+        "",
+        description="Reverse proxies (addresses or networks, comma-separated) whose "
+        "X-Forwarded-For names the client address the failed-authentication limit counts; "
+        "empty: the connection's address.",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        parse_networks(value)  # a ValueError names the part that is not an address
+        return value
 
     @model_validator(mode="after")
     def _dlq_records_fit(self) -> Settings:

@@ -21,12 +21,13 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from receipt_streams.adapters.api.auth import TokenVerifier, VerifierUnavailable, admin_tokens_for
+from receipt_streams.adapters.api.client_address import client_address
 from receipt_streams.adapters.api.protocol import MatrixAppRunner
 from receipt_streams.adapters.api.sync_feed import SyncFeed
 from receipt_streams.adapters.collector import freeze_when_ready
 from receipt_streams.adapters.parking import ParkedLog
 from receipt_streams.adapters.supervise import LoopHealth
-from receipt_streams.config import Settings
+from receipt_streams.config import Settings, parse_networks
 from receipt_streams.core.client_api import (
     ApiError,
     ReceiptRequest,
@@ -180,6 +181,7 @@ class Api:
         self.auth_failures = RateLimiter(
             settings.auth_failure_rate_limit_per_s, settings.auth_failure_rate_limit_burst
         )
+        self.trusted_proxies = parse_networks(settings.trusted_proxies)
         self.producer = producer  # given: already started (tests); else one of its own
         self.connections = Connections(
             settings.sliding_sync_connections,
@@ -276,7 +278,7 @@ class Api:
 
     def _token(self, request: web.Request) -> str:
         """The bearer token, once the caller's address is not locked out by failed attempts."""
-        wait_ms = self.auth_failures.wait_ms(request.remote or "", time.monotonic())
+        wait_ms = self.auth_failures.wait_ms(self._address(request), time.monotonic())
         if wait_ms is not None:
             raise ApiError(
                 429, "M_LIMIT_EXCEEDED", "Too many failed authentications", retry_after_ms=wait_ms
@@ -289,8 +291,12 @@ class Api:
         return token
 
     def _refuse_token(self, request: web.Request) -> ApiError:
-        self.auth_failures.check(request.remote or "", time.monotonic())
+        self.auth_failures.check(self._address(request), time.monotonic())
         return ApiError(401, "M_UNKNOWN_TOKEN", "Unrecognised access token")
+
+    def _address(self, request: web.Request) -> str:
+        forwarded = request.headers.get("X-Forwarded-For")
+        return client_address(request.remote, forwarded, self.trusted_proxies)
 
     async def _user(self, request: web.Request) -> str:
         token = self._token(request)

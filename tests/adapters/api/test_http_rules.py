@@ -308,6 +308,31 @@ async def test_failed_authentication_is_rate_limited_per_address(tmp_path: Path)
         assert (await call(client, "POST", RECEIPT, b"{}", ALICE))[0] == 200
 
 
+async def test_behind_a_trusted_proxy_the_limit_counts_the_forwarded_client(
+    tmp_path: Path,
+) -> None:
+    """Every request comes from the proxy (the test client's 127.0.0.1): with it trusted, one
+    client's guesses lock that client out, not everyone behind the proxy."""
+    api, _ = make_api(
+        settings(
+            tmp_path,
+            auth_failure_rate_limit_per_s=0.1,
+            auth_failure_rate_limit_burst=3,
+            trusted_proxies="127.0.0.0/8, ::1",
+        )
+    )
+    async with clients(api) as (client, _):
+        guesser = {"Authorization": "Bearer guess", "X-Forwarded-For": "203.0.113.9"}
+        for _ in range(3):
+            assert (await call(client, "POST", RECEIPT, b"{}", guesser))[0] == 401
+        assert (await call(client, "POST", RECEIPT, b"{}", guesser))[0] == 429
+        # A client writing the guesser's address first gains nothing: the proxy appends.
+        spoof = {**guesser, "X-Forwarded-For": "198.51.100.7, 203.0.113.9"}
+        assert (await call(client, "POST", RECEIPT, b"{}", spoof))[0] == 429
+        alice = {**ALICE, "X-Forwarded-For": "198.51.100.7"}
+        assert (await call(client, "POST", RECEIPT, b"{}", alice))[0] == 200
+
+
 @pytest.mark.parametrize(
     "token",
     ["a" * 5000, "tok\x01", "tök"],
