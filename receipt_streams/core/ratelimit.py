@@ -3,6 +3,7 @@ pure and testable)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -22,8 +23,9 @@ class RateLimiter:
         if self.rate_per_s <= 0:
             return None
         if len(self._buckets) >= self.max_users and user not in self._buckets:
-            self._forget_idle(now_s)
-        tokens, at = self._buckets.get(user, (self.burst, now_s))
+            self._make_room(now_s)
+        # Taken out and put back: the dict's order is then the order of last use.
+        tokens, at = self._buckets.pop(user, (self.burst, now_s))
         tokens = min(self.burst, tokens + (now_s - at) * self.rate_per_s)
         if tokens >= 1 - _EPSILON:
             self._buckets[user] = (tokens - 1, now_s)
@@ -41,9 +43,16 @@ class RateLimiter:
             return None
         return max(1, math.ceil((1 - tokens) / self.rate_per_s * 1000))
 
-    def _forget_idle(self, now_s: float) -> None:
-        """Drop buckets that have refilled to `burst`: forgetting them changes nothing."""
+    def _make_room(self, now_s: float) -> None:
+        """Drop buckets that have refilled to `burst` (forgetting them changes nothing);
+        if that leaves more than nine tenths of `max_users` (many addresses, all busy: an
+        IPv6 range), the least recently used too. So the table stays bounded, and it is
+        scanned once per tenth of `max_users` new keys, not at every one."""
         full_after = self.burst / self.rate_per_s
         self._buckets = {
             u: (t, at) for u, (t, at) in self._buckets.items() if now_s - at < full_after
         }
+        excess = len(self._buckets) - self.max_users * 9 // 10
+        if excess > 0:
+            for user in list(itertools.islice(self._buckets, excess)):
+                del self._buckets[user]

@@ -91,3 +91,16 @@ def test_wait_ms_peeks_without_taking() -> None:
     assert limiter.wait_ms(U, 1.0) is None
     assert limiter.wait_ms(V, 0.0) is None
     assert RateLimiter(rate_per_s=0, burst=1).wait_ms(U, 0.0) is None
+
+
+def test_many_busy_keys_stay_bounded_and_the_busiest_keep_their_limit() -> None:
+    """An address range cycling through keys, none idle long enough to be forgotten: the
+    table stays within `max_users`, and a key in use keeps its (empty) bucket."""
+    rl = RateLimiter(rate_per_s=0.01, burst=1, max_users=100)
+    now = 0.0
+    assert rl.check("guesser", now) is None
+    for i in range(1_000):
+        now += 0.001
+        rl.check(f"2001:db8::{i}", now)
+        assert rl.check("guesser", now) is not None  # still limited, never reset
+        assert len(rl._buckets) <= 100
