@@ -124,6 +124,7 @@ class Log:
 
         monkeypatch.setattr(acks, "first_offset_from", first_offset_from)
         monkeypatch.setattr(consumer, "seek_wait", seek_wait)
+        monkeypatch.setattr(consumer, "assignment", lambda: {TP(TOPIC, 0)})
 
 
 def fold(consumer: FoldConsumer, *offsets: int) -> list[int]:
@@ -174,6 +175,31 @@ def test_a_record_after_a_dropped_one_waits_and_the_partition_is_read_again(
     assert fold(consumer, 11, 12, 13) == [11, 12, 13]
 
 
+def test_a_log_that_cannot_be_read_is_looked_at_again_by_the_repair_task_only(
+    consumer: FoldConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = Log(monkeypatch, consumer)
+    tp = TP(TOPIC, 0)
+    consumer._committed_offset[tp] = 10
+    log.records = []  # the broker is away: no answer
+    assert fold(consumer, 12, 13, 14) == []
+    assert log.lookups == 1  # not once per record fetched
+    log.records = list(range(100))  # back
+    consumer._unsure[tp] -= acks.STALL_S
+    run(consumer._repair_once())
+    assert log.seeks == [{tp: 10}]
+    assert fold(consumer, 10, 11) == [10, 11]
+
+
+def test_a_partition_revoked_meanwhile_is_not_seeked(
+    consumer: FoldConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = Log(monkeypatch, consumer)
+    monkeypatch.setattr(consumer, "assignment", lambda: set())
+    run(consumer.rewind(TP(TOPIC, 0), 11))
+    assert not log.seeks and not consumer._rewinds
+
+
 def test_offsets_without_records_are_folded_over_and_committed_over(
     consumer: FoldConsumer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -210,7 +236,6 @@ def test_a_fold_begun_before_a_seek_does_not_move_the_partition_on(
         return {tp: 11}
 
     monkeypatch.setattr(consumer, "seek_to_committed", seek_to_committed)
-    monkeypatch.setattr(consumer, "assignment", lambda: {tp})
     run(consumer.perform_seek())  # a rebalance while 12 was being folded
     consumer.done(m)
     assert consumer._next[tp] == 11  # from the committed offset again

@@ -163,11 +163,14 @@ class FoldConsumer(Consumer):
         stands for it: `first_offset_from` reads from the log's first record on)."""
         return self._committed_offset.get(tp) or 0
 
-    async def _first_record(self, tp: TP, offset: int) -> int | None:
-        """The offset of the first record at or after `offset` in `tp`, looked up once."""
+    async def _first_record(self, tp: TP, offset: int, *, retry: bool = False) -> int | None:
+        """The offset of the first record at or after `offset` in `tp`, looked up once (after
+        a failed look, only `_repair_stalls` looks again: `retry`)."""
         looked = self._looked.get(tp)
         if looked is not None and looked[0] == offset:
             return looked[1]
+        if tp in self._unsure and not retry:
+            return None
         first = await first_offset_from(self.bootstrap, tp, offset)
         if first is None:
             self._unsure.setdefault(tp, time.monotonic())
@@ -178,9 +181,14 @@ class FoldConsumer(Consumer):
 
     async def rewind(self, tp: TP, offset: int) -> None:
         """Read `tp` again from `offset` (a record's offset), dropping what was fetched."""
+        if tp not in self.assignment():
+            return  # revoked meanwhile: read from its committed offset by its next owner
         self._rewinds[tp] = (offset, time.monotonic())
         self._unsure.pop(tp, None)
-        await self.seek_wait({tp: offset})
+        try:
+            await self.seek_wait({tp: offset})
+        except Exception as exc:  # `_repair_stalls` seeks again
+            log.warning("could not seek %s[%d] to %d: %r", tp.topic, tp.partition, offset, exc)
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
         async for tp, message in super().getmany(timeout):
@@ -261,26 +269,33 @@ class FoldConsumer(Consumer):
             await self.sleep(STALL_S / 2)
             if self.app.rebalancing or not self.flow_active:
                 continue
-            now = time.monotonic()
-            for tp, (base, since) in list(self._stalls.items()):
-                if now - since >= STALL_S and (self._committed_offset.get(tp) or 0) == base:
-                    await self._repair(tp, base)
-                    self._stalls[tp] = (base, time.monotonic())
-            for tp, (offset, since) in list(self._rewinds.items()):
-                if now - since >= 2 * STALL_S and self._rewinds.get(tp) == (offset, since):
-                    log.warning(
-                        "%s[%d]: @%d not fetched again yet: seeking again",
-                        tp.topic,
-                        tp.partition,
-                        offset,
-                    )
-                    await self.rewind(tp, offset)
-            for tp, since in list(self._unsure.items()):
-                expected = self._next.get(tp)
-                if now - since >= STALL_S and expected is not None and tp not in self._rewinds:
-                    first = await self._first_record(tp, expected)
-                    if first is not None:
-                        await self.rewind(tp, first)
+            try:
+                await self._repair_once()
+            except Exception as exc:  # the next round tries again
+                log.warning("repairing stalled partitions failed: %r", exc)
+
+    async def _repair_once(self) -> None:
+        """Stalled commits, rewinds whose record did not come, logs that could not be read."""
+        now = time.monotonic()
+        for tp, (base, since) in list(self._stalls.items()):
+            if now - since >= STALL_S and (self._committed_offset.get(tp) or 0) == base:
+                await self._repair(tp, base)
+                self._stalls[tp] = (base, time.monotonic())
+        for tp, (offset, since) in list(self._rewinds.items()):
+            if now - since >= 2 * STALL_S and self._rewinds.get(tp) == (offset, since):
+                log.warning(
+                    "%s[%d]: @%d not fetched again yet: seeking again",
+                    tp.topic,
+                    tp.partition,
+                    offset,
+                )
+                await self.rewind(tp, offset)
+        for tp, since in list(self._unsure.items()):
+            expected = self._next.get(tp)
+            if now - since >= STALL_S and expected is not None and tp not in self._rewinds:
+                first = await self._first_record(tp, expected, retry=True)
+                if first is not None:
+                    await self.rewind(tp, first)
 
     async def _repair(self, tp: TP, committed: int) -> None:
         """A partition whose commit waits for a record never processed: look at the log."""
@@ -320,8 +335,8 @@ async def first_offset_from(bootstrap: str, tp: TP, offset: int) -> int | None:
         isolation_level="read_uncommitted",
         auto_offset_reset="earliest",
     )
-    await reader.start()
     try:
+        await asyncio.wait_for(reader.start(), timeout=10)
         part = TopicPartition(tp.topic, tp.partition)
         reader.assign([part])
         reader.seek(part, offset)
