@@ -1,4 +1,5 @@
-"""Commit only what the fold processed, and never past a record it did not.
+"""Commit only what the fold processed, never past a record it did not, and fold each input
+partition in offset order.
 
 Faust (0.15) decides what to commit from "acks", and around a rebalance or a broker outage it
 loses records between the fetcher and the agents in ways that reach the commit:
@@ -20,10 +21,9 @@ So `FoldConsumer`, for the fold's input topics: counts an event as acked only wh
 agents marked it processed; ignores the fetch loop's unverified gaps; commits nothing while the
 committed offset's record is neither processed nor known absent (nor, between a revocation and
 the seek after it, while the committed offset is unknown: Faust would commit whatever was
-acked meanwhile); and a stall that lasts
-`STALL_S` is repaired: a throwaway reader looks at the log from the committed offset, offsets
-with no record there (transaction markers) become a verified gap, and if the record is there
-the partition is seeked back to it, so it is read and folded again (the fold is idempotent).
+acked meanwhile); and a stall that lasts `STALL_S` is repaired: a throwaway reader looks at
+the log from the committed offset, offsets with no record there (transaction markers) become
+a verified gap, and if the record is there the partition is read again from it (`rewind()`).
 
 And it folds each partition in order, which "latest receipt wins" needs (receipts on the same
 event: the first one read wins). Faust does not keep that order: around a rebalance or a seek
