@@ -134,7 +134,7 @@ class FoldConsumer(Consumer):
                 return False  # the log could not be read: `_repair_stalls` tries again
             if first < offset:
                 if tp not in self._rewinds:
-                    log.warning(
+                    log.info(
                         "%s[%d]: @%d came before @%d, which faust dropped: reading again from "
                         "there, in order",
                         tp.topic,
