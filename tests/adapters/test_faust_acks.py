@@ -51,6 +51,13 @@ def message(offset: int, partition: int = 0) -> ConsumerMessage:
     return ConsumerMessage(TOPIC, partition, offset, 0.0, 0, None, b"k", b"v", None)
 
 
+def test_streams_ack_through_the_consumer(consumer: FoldConsumer) -> None:
+    """Faust's Cython stream iterator would append acked offsets itself, past `ack()`."""
+    import faust.streams
+
+    assert faust.streams._CStreamIterator is None
+
+
 def test_an_event_faust_skipped_is_released_but_not_committable(consumer: FoldConsumer) -> None:
     m = message(5)
     consumer._unacked_messages.add(m)

@@ -55,6 +55,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 from weakref import WeakSet
 
+import faust.streams
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.drivers.aiokafka import Consumer
 from faust.types import TP, Message
@@ -351,6 +352,13 @@ async def first_offset_from(bootstrap: str, tp: TP, offset: int) -> int | None:
 
 
 def consumer_class(processed: Processed, bootstrap: str) -> type[FoldConsumer]:
-    """A FoldConsumer bound to one app's `Processed` (set as the transport's Consumer)."""
+    """A FoldConsumer bound to one app's `Processed` (set as the transport's Consumer).
+
+    Faust's Cython stream iterator (used whenever its extension is built, as in the wheels)
+    inlines `Consumer.ack`: it appends each event's offset to the consumer's acked offsets
+    itself, so `FoldConsumer.ack` is never called and every event a stream lets go, folded
+    or not, becomes committable. Faust's pure-Python iterator acks through `Consumer.ack`:
+    it is the one used."""
+    faust.streams._CStreamIterator = None
     attrs = {"processed": processed, "bootstrap": bootstrap, "__module__": __name__}
     return type("FoldConsumer", (FoldConsumer,), attrs)
