@@ -1,38 +1,61 @@
-"""The faust engine's consumer commits only what its agents folded (no broker: the offsets it
-would commit are computed from its ack bookkeeping, which is what these tests drive)."""
+"""The faust engine's consumer commits only what its agents folded, and has them fold each
+partition in order; its producer's flush waits for every buffered write (no broker: the
+offsets it would commit are computed from its ack bookkeeping, the log is looked at and
+seeked through stand-ins, which is what these tests drive)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
+from faust.transport.drivers.aiokafka import Consumer, Producer
 from faust.types import TP, ConsumerMessage
 
+from receipt_streams.adapters.faust_engine import acks
 from receipt_streams.adapters.faust_engine.acks import FoldConsumer, Processed
 from receipt_streams.adapters.faust_engine.app import create_app
+from receipt_streams.adapters.faust_engine.producer import DurableProducer
 from tests.support.worker import worker_settings
 
 TOPIC = "in.client"
+T = TypeVar("T")
 
 
 @pytest.fixture
-def consumer(tmp_path: Path) -> Iterator[FoldConsumer]:
+def app(tmp_path: Path) -> Iterator[Any]:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
         s = worker_settings("127.0.0.1:9", tmp_path, engine="faust", topic_client=TOPIC)
-        c = create_app(s).consumer
-        assert isinstance(c, FoldConsumer)
-        yield c
+        yield create_app(s)
     finally:
         asyncio.set_event_loop(None)
         loop.close()
 
 
+@pytest.fixture
+def consumer(app: Any) -> FoldConsumer:
+    c = app.consumer
+    assert isinstance(c, FoldConsumer)
+    return c
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.get_event_loop().run_until_complete(coro)
+
+
 def message(offset: int, partition: int = 0) -> ConsumerMessage:
     return ConsumerMessage(TOPIC, partition, offset, 0.0, 0, None, b"k", b"v", None)
+
+
+def test_streams_ack_through_the_consumer(consumer: FoldConsumer) -> None:
+    """Faust's Cython stream iterator would append acked offsets itself, past `ack()`."""
+    import faust.streams
+
+    assert faust.streams._CStreamIterator is None
 
 
 def test_an_event_faust_skipped_is_released_but_not_committable(consumer: FoldConsumer) -> None:
@@ -85,3 +108,201 @@ def test_unverified_fetch_gaps_are_ignored(consumer: FoldConsumer) -> None:
     consumer._committed_offset[tp] = 10
     asyncio.get_event_loop().run_until_complete(consumer._add_gap(tp, 11, 20))
     assert not consumer._gap.get(tp)
+
+
+# --- order -------------------------------------------------------------------------------
+
+
+class Log:
+    """Stand-ins for the broker: the first record at or after an offset (`records`: the
+    offsets that hold one), and the seeks made."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, consumer: FoldConsumer) -> None:
+        self.records: list[int] = list(range(100))
+        self.lookups = 0
+        self.seeks: list[dict[TP, int]] = []
+
+        async def first_offset_from(bootstrap: str, tp: TP, offset: int) -> int | None:
+            self.lookups += 1
+            return next((o for o in self.records if o >= offset), None)
+
+        async def seek_wait(partitions: dict[TP, int]) -> None:
+            self.seeks.append(dict(partitions))
+
+        monkeypatch.setattr(acks, "first_offset_from", first_offset_from)
+        monkeypatch.setattr(consumer, "seek_wait", seek_wait)
+        monkeypatch.setattr(consumer, "assignment", lambda: {TP(TOPIC, 0)})
+
+
+def fold(consumer: FoldConsumer, *offsets: int) -> list[int]:
+    """Offer records to `admit()` as an agent does; the offsets it let through (folded)."""
+    folded = []
+    for offset in offsets:
+        m = message(offset)
+        if run(consumer.admit(m)):
+            consumer.done(m)
+            folded.append(offset)
+    return folded
+
+
+def test_a_partition_is_folded_in_order_from_its_committed_offset(
+    consumer: FoldConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Log(monkeypatch, consumer)
+    consumer._committed_offset[TP(TOPIC, 0)] = 10
+    assert fold(consumer, 10, 11, 12) == [10, 11, 12]
+    assert consumer._next[TP(TOPIC, 0)] == 13
+
+
+def test_a_record_folded_already_is_done_without_folding_again(
+    consumer: FoldConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Log(monkeypatch, consumer)
+    consumer._committed_offset[TP(TOPIC, 0)] = 10
+    assert fold(consumer, 10, 11) == [10, 11]
+    again = message(10)  # read again after a seek back
+    assert run(consumer.admit(again)) is False
+    assert again in consumer.processed.messages  # committable: it was folded
+
+
+def test_a_record_after_a_dropped_one_waits_and_the_partition_is_read_again(
+    consumer: FoldConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Faust dropped 11 and delivers 12: 12 is not folded before 11, 11 is read again."""
+    log = Log(monkeypatch, consumer)
+    tp = TP(TOPIC, 0)
+    consumer._committed_offset[tp] = 10
+    ahead = message(12)
+    assert fold(consumer, 10) == [10]
+    assert run(consumer.admit(ahead)) is False
+    assert ahead not in consumer.processed.messages  # not committable
+    assert log.seeks == [{tp: 11}]
+    assert fold(consumer, 13, 14) == []  # the rest of what was fetched before: one look
+    assert log.lookups == 1 and log.seeks == [{tp: 11}]
+    assert fold(consumer, 11, 12, 13) == [11, 12, 13]
+
+
+def test_a_log_that_cannot_be_read_is_looked_at_again_by_the_repair_task_only(
+    consumer: FoldConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = Log(monkeypatch, consumer)
+    tp = TP(TOPIC, 0)
+    consumer._committed_offset[tp] = 10
+    log.records = []  # the broker is away: no answer
+    assert fold(consumer, 12, 13, 14) == []
+    assert log.lookups == 1  # not once per record fetched
+    log.records = list(range(100))  # back
+    consumer._unsure[tp] -= acks.STALL_S
+    run(consumer._repair_once())
+    assert log.seeks == [{tp: 10}]
+    assert fold(consumer, 10, 11) == [10, 11]
+
+
+def test_a_partition_revoked_meanwhile_is_not_seeked(
+    consumer: FoldConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = Log(monkeypatch, consumer)
+    monkeypatch.setattr(consumer, "assignment", lambda: set())
+    run(consumer.rewind(TP(TOPIC, 0), 11))
+    assert not log.seeks and not consumer._rewinds
+
+
+def test_offsets_without_records_are_folded_over_and_committed_over(
+    consumer: FoldConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = Log(monkeypatch, consumer)
+    log.records = [10, 13, 14]  # 11 and 12: transaction markers
+    tp = TP(TOPIC, 0)
+    consumer._committed_offset[tp] = 10
+    assert fold(consumer, 10, 13, 14) == [10, 13, 14]
+    assert not log.seeks
+    consumer._acked[tp] = [10, 13, 14]
+    assert consumer._new_offset(tp) == 15
+
+
+def test_an_uncommitted_partition_is_folded_from_the_start_of_its_log(
+    consumer: FoldConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = Log(monkeypatch, consumer)
+    log.records = list(range(40, 100))  # the log starts at 40 (older records deleted)
+    assert fold(consumer, 40, 41) == [40, 41]
+    assert not log.seeks
+
+
+def test_a_fold_begun_before_a_seek_does_not_move_the_partition_on(
+    consumer: FoldConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Log(monkeypatch, consumer)
+    tp = TP(TOPIC, 0)
+    consumer._committed_offset[tp] = 10
+    assert fold(consumer, 10, 11) == [10, 11]
+    m = message(12)
+    assert run(consumer.admit(m))
+
+    async def seek_to_committed() -> dict[TP, int]:
+        return {tp: 11}
+
+    monkeypatch.setattr(consumer, "seek_to_committed", seek_to_committed)
+    run(consumer.perform_seek())  # a rebalance while 12 was being folded
+    consumer.done(m)
+    assert consumer._next[tp] == 11  # from the committed offset again
+    assert fold(consumer, 11, 12) == [11, 12]
+
+
+def test_what_was_fetched_before_a_seek_back_is_dropped_until_the_record_comes_again(
+    consumer: FoldConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Log(monkeypatch, consumer)
+    tp = TP(TOPIC, 0)
+    fetched = [message(o) for o in (20, 21, 11, 12)]  # 20, 21: fetched before the seek
+
+    async def getmany(self: Consumer, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
+        for m in fetched:
+            yield m.tp, m
+
+    async def delivered() -> list[int]:
+        return [m.offset async for _, m in consumer.getmany(1.0)]
+
+    monkeypatch.setattr(Consumer, "getmany", getmany)
+    consumer._read_offset[tp] = 21  # where faust's own filter would drop 11 and 12
+    run(consumer.rewind(tp, 11))
+    assert run(delivered()) == [11, 12]
+    assert consumer._read_offset[tp] is None
+    assert tp not in consumer._rewinds
+
+
+# --- flush -------------------------------------------------------------------------------
+
+
+def test_flush_waits_for_every_write_put_in_the_buffer_before_it(
+    app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    producer = app.producer
+    assert isinstance(producer, DurableProducer)
+    flushed: list[str] = []
+
+    async def gives_up() -> None:  # Faust's buffer flush, when a hand-over takes > 0.1 s
+        flushed.append("buffer")
+
+    async def aiokafka_flush(self: Producer) -> None:
+        flushed.append("aiokafka")
+
+    monkeypatch.setattr(producer.buffer, "flush", gives_up)
+    monkeypatch.setattr(Producer, "flush", aiokafka_flush)
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        write: asyncio.Future[Any] = loop.create_future()
+        producer.unsent.add(write)  # type: ignore[arg-type]
+        write.add_done_callback(producer.unsent.discard)
+        flush = asyncio.ensure_future(producer.flush())
+        await asyncio.sleep(0.05)
+        assert not flush.done()
+        later: asyncio.Future[Any] = loop.create_future()
+        producer.unsent.add(later)  # type: ignore[arg-type]  # after the flush began
+        write.set_result(None)  # acknowledged by the broker
+        await asyncio.wait_for(flush, timeout=1)
+        assert flushed == ["buffer", "aiokafka"]
+        later.cancel()
+
+    run(scenario())

@@ -1,4 +1,5 @@
-"""Commit only what the fold processed, and never past a record it did not.
+"""Commit only what the fold processed, never past a record it did not, and fold each input
+partition in offset order.
 
 Faust (0.15) decides what to commit from "acks", and around a rebalance or a broker outage it
 loses records between the fetcher and the agents in ways that reach the commit:
@@ -20,11 +21,29 @@ So `FoldConsumer`, for the fold's input topics: counts an event as acked only wh
 agents marked it processed; ignores the fetch loop's unverified gaps; commits nothing while the
 committed offset's record is neither processed nor known absent (nor, between a revocation and
 the seek after it, while the committed offset is unknown: Faust would commit whatever was
-acked meanwhile); and a stall that lasts
-`STALL_S` is repaired: a throwaway reader looks at the log from the committed offset, offsets
-with no record there (transaction markers) become a verified gap, and if the record is there
-the partition is seeked back to it, so it is read and folded again (the fold is idempotent).
-That makes the faust engine at least once across rebalances, crashes and broker restarts.
+acked meanwhile); and a stall that lasts `STALL_S` is repaired: a throwaway reader looks at
+the log from the committed offset, offsets with no record there (transaction markers) become
+a verified gap, and if the record is there the partition is read again from it (`rewind()`).
+
+And it folds each partition in order, which "latest receipt wins" needs (receipts on the same
+event: the first one read wins). Faust does not keep that order: around a rebalance or a seek
+its fetch loop goes on delivering a batch fetched before, and then drops the records read
+again as already seen (its "read offset" moved past them), while the records after them are
+folded. So, for the fold's inputs:
+
+- `admit()`, called by the agents before they fold a record, lets through only the next
+  offset of its partition (`_next`, from the committed offset at every seek Faust makes);
+  a record before it was folded already since that seek: it is done, not folded again;
+- a record after it means records were lost on the way: a throwaway reader looks at the log
+  from `_next`. If no record lies between (transaction markers), the record is folded; if
+  one does, the record is left unprocessed and the partition is rewound (`rewind()`): seeked
+  back to the first missing record, and what is fetched for it is dropped (`getmany`) until
+  that record comes again, so the partition is read again in order from there;
+- Faust's own "already read" filter (`_read_offset`) is switched off for these partitions
+  (it is what dropped the records read again); `admit()` takes its place.
+
+That makes the faust engine at least once across rebalances, crashes and broker restarts,
+folding each partition's records in offset order.
 """
 
 from __future__ import annotations
@@ -32,9 +51,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 from weakref import WeakSet
 
+import faust.streams
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.drivers.aiokafka import Consumer
 from faust.types import TP, Message
@@ -65,7 +86,7 @@ class Processed:
 
 
 class FoldConsumer(Consumer):
-    """Faust's aiokafka consumer, made at least once for the fold's inputs."""
+    """Faust's aiokafka consumer, made at least once and in order for the fold's inputs."""
 
     processed: Processed
     bootstrap: str
@@ -73,7 +94,131 @@ class FoldConsumer(Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         #: Partitions whose commit waits for an unprocessed record: (committed, since).
         self._stalls: dict[TP, tuple[int, float]] = {}
+        #: The next offset to fold, per partition of the fold's inputs.
+        self._next: dict[TP, int] = {}
+        #: Bumped whenever `_next` is set again by a seek (a fold begun before is stale).
+        self._epoch: dict[TP, int] = {}
+        #: The record being folded, per partition: (epoch, offset), set by `admit()`.
+        self._folding: dict[TP, tuple[int, int]] = {}
+        #: What the log holds from `_next`: (`_next`, offset of the first record there).
+        self._looked: dict[TP, tuple[int, int]] = {}
+        #: Partitions seeked back: (offset they were seeked to, since). Until that record
+        #: is fetched again, what is fetched for them was fetched before the seek: dropped.
+        self._rewinds: dict[TP, tuple[int, float]] = {}
+        #: Partitions with a record after `_next` whose log could not be looked at: since.
+        self._unsure: dict[TP, float] = {}
         super().__init__(*args, **kwargs)
+
+    # --- order ------------------------------------------------------------------------
+
+    async def admit(self, message: Message) -> bool:
+        """May the agent fold this record now? Call `done()` once it is folded.
+
+        False for a record folded already since the last seek (marked done: it is not
+        folded again) and for one whose partition has records missing before it (left
+        unprocessed: the partition is rewound and it comes again, after them)."""
+        tp, offset = message.tp, message.offset
+        if not self.processed.guarded(tp.topic):
+            return True
+        expected = self._next.get(tp)
+        if expected is None:  # no seek seen yet: from the committed offset (or the start)
+            expected = self._next[tp] = self._start_of(tp)
+        epoch = self._epoch.get(tp, 0)
+        if offset < expected:
+            self.processed.mark(message)
+            return False
+        if offset > expected:
+            first = await self._first_record(tp, expected)
+            if self._epoch.get(tp, 0) != epoch:
+                return False  # seeked meanwhile: it comes again
+            if first is None:
+                return False  # the log could not be read: `_repair_stalls` tries again
+            if first < offset:
+                if tp not in self._rewinds:
+                    log.info(
+                        "%s[%d]: @%d came before @%d, which faust dropped: reading again from "
+                        "there, in order",
+                        tp.topic,
+                        tp.partition,
+                        offset,
+                        first,
+                    )
+                    await self.rewind(tp, first)
+                return False
+            # Nothing but transaction markers (or deleted records) between: fold it, and
+            # let the commit pass over them.
+            self._gap[tp].addi(expected, offset)
+        self._folding[tp] = (epoch, offset)
+        return True
+
+    def done(self, message: Message) -> None:
+        """The agent folded `message` (after `admit()` said so)."""
+        self.processed.mark(message)
+        tp = message.tp
+        if self._folding.get(tp) == (self._epoch.get(tp, 0), message.offset):
+            del self._folding[tp]
+            self._next[tp] = message.offset + 1
+
+    def _start_of(self, tp: TP) -> int:
+        """Where the fold of `tp` starts: its committed offset, else the log's start (0
+        stands for it: `first_offset_from` reads from the log's first record on)."""
+        return self._committed_offset.get(tp) or 0
+
+    async def _first_record(self, tp: TP, offset: int, *, retry: bool = False) -> int | None:
+        """The offset of the first record at or after `offset` in `tp`, looked up once (after
+        a failed look, only `_repair_stalls` looks again: `retry`)."""
+        looked = self._looked.get(tp)
+        if looked is not None and looked[0] == offset:
+            return looked[1]
+        if tp in self._unsure and not retry:
+            return None
+        first = await first_offset_from(self.bootstrap, tp, offset)
+        if first is None:
+            self._unsure.setdefault(tp, time.monotonic())
+            return None
+        self._unsure.pop(tp, None)
+        self._looked[tp] = (offset, first)
+        return first
+
+    async def rewind(self, tp: TP, offset: int) -> None:
+        """Read `tp` again from `offset` (a record's offset), dropping what was fetched."""
+        if tp not in self.assignment():
+            return  # revoked meanwhile: read from its committed offset by its next owner
+        self._rewinds[tp] = (offset, time.monotonic())
+        self._unsure.pop(tp, None)
+        try:
+            await self.seek_wait({tp: offset})
+        except Exception as exc:  # `_repair_stalls` seeks again
+            log.warning("could not seek %s[%d] to %d: %r", tp.topic, tp.partition, offset, exc)
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+        async for tp, message in super().getmany(timeout):
+            if self.processed.guarded(tp.topic):
+                rewind = self._rewinds.get(tp)
+                if rewind is not None:
+                    if message.offset != rewind[0]:
+                        continue  # fetched before the seek back
+                    del self._rewinds[tp]
+                # Faust drops a record read again when its read offset moved past it (a
+                # batch fetched before a seek went on being delivered): `admit()` orders.
+                self._read_offset[tp] = None
+            yield tp, message
+
+    async def perform_seek(self) -> None:
+        """Faust seeks every partition to its committed offset (after a rebalance, or when
+        it fetched while stopped): each partition is folded from there again."""
+        await super().perform_seek()
+        for tp in self.assignment():
+            if self.processed.guarded(tp.topic):
+                self._forget(tp)
+                self._next[tp] = self._start_of(tp)
+
+    def _forget(self, tp: TP) -> None:
+        self._epoch[tp] = self._epoch.get(tp, 0) + 1
+        for state in (self._next, self._folding, self._looked, self._rewinds, self._unsure):
+            state.pop(tp, None)
+
+    # --- commits ----------------------------------------------------------------------
 
     def ack(self, message: Message) -> bool:
         if not self.processed.guarded(message.topic) or message in self.processed.messages:
@@ -85,8 +230,8 @@ class FoldConsumer(Consumer):
             message.acked = True
             self._unacked_messages.discard(message)
             notify(self._waiting_for_ack)
-        log.info(
-            "faust skipped %s[%d]@%d during a rebalance: left uncommitted, to be read again",
+        log.debug(
+            "%s[%d]@%d not folded (skipped by faust, or out of order): left uncommitted",
             message.topic,
             message.partition,
             message.offset,
@@ -116,6 +261,7 @@ class FoldConsumer(Consumer):
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         for tp in revoked:
             self._stalls.pop(tp, None)
+            self._forget(tp)
         await super().on_partitions_revoked(revoked)
 
     @Service.task
@@ -124,11 +270,33 @@ class FoldConsumer(Consumer):
             await self.sleep(STALL_S / 2)
             if self.app.rebalancing or not self.flow_active:
                 continue
-            now = time.monotonic()
-            for tp, (base, since) in list(self._stalls.items()):
-                if now - since >= STALL_S and (self._committed_offset.get(tp) or 0) == base:
-                    await self._repair(tp, base)
-                    self._stalls[tp] = (base, time.monotonic())
+            try:
+                await self._repair_once()
+            except Exception as exc:  # the next round tries again
+                log.warning("repairing stalled partitions failed: %r", exc)
+
+    async def _repair_once(self) -> None:
+        """Stalled commits, rewinds whose record did not come, logs that could not be read."""
+        now = time.monotonic()
+        for tp, (base, since) in list(self._stalls.items()):
+            if now - since >= STALL_S and (self._committed_offset.get(tp) or 0) == base:
+                await self._repair(tp, base)
+                self._stalls[tp] = (base, time.monotonic())
+        for tp, (offset, since) in list(self._rewinds.items()):
+            if now - since >= 2 * STALL_S and self._rewinds.get(tp) == (offset, since):
+                log.warning(
+                    "%s[%d]: @%d not fetched again yet: seeking again",
+                    tp.topic,
+                    tp.partition,
+                    offset,
+                )
+                await self.rewind(tp, offset)
+        for tp, since in list(self._unsure.items()):
+            expected = self._next.get(tp)
+            if now - since >= STALL_S and expected is not None and tp not in self._rewinds:
+                first = await self._first_record(tp, expected, retry=True)
+                if first is not None:
+                    await self.rewind(tp, first)
 
     async def _repair(self, tp: TP, committed: int) -> None:
         """A partition whose commit waits for a record never processed: look at the log."""
@@ -156,16 +324,20 @@ class FoldConsumer(Consumer):
             committed,
             head,
         )
-        await self.seek_wait({tp: committed})
+        await self.rewind(tp, committed)
 
 
 async def first_offset_from(bootstrap: str, tp: TP, offset: int) -> int | None:
-    """The offset of the first record at or after `offset` in `tp` (markers have none)."""
+    """The offset of the first record at or after `offset` in `tp` (markers have none; an
+    offset before the log's start reads from its first record)."""
     reader = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_uncommitted"
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_uncommitted",
+        auto_offset_reset="earliest",
     )
-    await reader.start()
     try:
+        await asyncio.wait_for(reader.start(), timeout=10)
         part = TopicPartition(tp.topic, tp.partition)
         reader.assign([part])
         reader.seek(part, offset)
@@ -180,6 +352,13 @@ async def first_offset_from(bootstrap: str, tp: TP, offset: int) -> int | None:
 
 
 def consumer_class(processed: Processed, bootstrap: str) -> type[FoldConsumer]:
-    """A FoldConsumer bound to one app's `Processed` (set as the transport's Consumer)."""
+    """A FoldConsumer bound to one app's `Processed` (set as the transport's Consumer).
+
+    Faust's Cython stream iterator (used whenever its extension is built, as in the wheels)
+    inlines `Consumer.ack`: it appends each event's offset to the consumer's acked offsets
+    itself, so `FoldConsumer.ack` is never called and every event a stream lets go, folded
+    or not, becomes committable. Faust's pure-Python iterator acks through `Consumer.ack`:
+    it is the one used."""
+    faust.streams._CStreamIterator = None
     attrs = {"processed": processed, "bootstrap": bootstrap, "__module__": __name__}
     return type("FoldConsumer", (FoldConsumer,), attrs)

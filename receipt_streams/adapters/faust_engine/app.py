@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 import faust
 
@@ -27,7 +27,8 @@ from receipt_streams.adapters.api.sync_feed import SyncFeed
 from receipt_streams.adapters.client_ids import member_client_id
 from receipt_streams.adapters.clock import now_ms
 from receipt_streams.adapters.effects import Output, Router, Tally, limits_of
-from receipt_streams.adapters.faust_engine.acks import Processed, consumer_class
+from receipt_streams.adapters.faust_engine.acks import FoldConsumer, Processed, consumer_class
+from receipt_streams.adapters.faust_engine.producer import DurableProducer
 from receipt_streams.adapters.isolation import REFUSED_DATA
 from receipt_streams.adapters.parking import park_output
 from receipt_streams.adapters.relays.deltas import DeltaRelay
@@ -70,9 +71,12 @@ def create_app(s: Settings) -> faust.App:
         **RAW,
     )
     # Faust loses records around rebalances and broker outages (acks.py): its consumer
-    # commits only what our agents processed, and repairs a partition that stalls.
+    # commits only what our agents processed, has them fold each partition in order, and
+    # repairs a partition that stalls. Its flush gives up on buffered changelog writes
+    # (producer.py): ours waits for them before any commit.
     processed = Processed()
     app.transport.Consumer = consumer_class(processed, s.bootstrap_servers)
+    app.transport.Producer = DurableProducer
     n = s.partitions
     inputs = app.topic(*s.room_keyed_inputs(), **RAW)
     dlq = app.topic(s.topic_dlq, partitions=n, **RAW)
@@ -138,10 +142,15 @@ def create_app(s: Settings) -> faust.App:
             for removal in removals:
                 processor.held.remove(removal.key, removal.records)
 
+    def consumer() -> FoldConsumer:
+        return cast(FoldConsumer, app.consumer)
+
     @app.agent(inputs, concurrency=1)
     async def fold(stream: Any) -> None:
         async for event in stream.events():
             msg = event.message
+            if not await consumer().admit(msg):
+                continue  # folded already, or out of order (read again, in order)
             tick = msg.topic == s.topic_ticks
             if tick:
                 await forget_released(msg.partition)
@@ -150,14 +159,15 @@ def create_app(s: Settings) -> faust.App:
                 # Expired receipts are forgotten at once (after their DLQ records are
                 # durable): a release before the next tick must not fold them as well.
                 await forget_released(msg.partition)
-            processed.mark(msg)
+            consumer().done(msg)
 
     @app.agent(federation, concurrency=1)
     async def split_federation(stream: Any) -> None:
         """Inbound EDUs are keyed by origin: split them and route each entry to its room."""
         async for event in stream.events():
-            await run(event.message)
-            processed.mark(event.message)
+            if await consumer().admit(event.message):
+                await run(event.message)
+                consumer().done(event.message)
 
     @app.timer(5.0)
     async def fold_lag() -> None:
