@@ -27,6 +27,7 @@ def test_every_collection_is_timed() -> None:
 
 
 async def test_the_heap_is_frozen_once_ready() -> None:
+    gc.unfreeze()  # an in-process API test earlier in the session may have frozen it
     ready = asyncio.Event()
     try:
         task = asyncio.create_task(freeze_when_ready(ready.is_set, poll_s=0.01))
