@@ -32,16 +32,24 @@ from receipt_streams.config import Settings
 _PORTS = range(20_000, 32_000)
 
 
+_HANDED_OUT: set[int] = set()  # never twice from one process: a port given is bound later
+
+
 def free_port() -> int:
-    """A port nothing listens on now, outside the range outgoing connections take theirs."""
+    """A port nothing listens on now, outside the range outgoing connections take theirs,
+    and not handed out before by this process (two workers of one test, started together,
+    could otherwise draw the same port before either binds it)."""
     for _ in range(200):
         port = random.choice(_PORTS)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
+        _HANDED_OUT.add(port)
+        return port
     raise RuntimeError(f"no free port in {_PORTS.start}-{_PORTS.stop - 1}")
 
 

@@ -51,3 +51,11 @@ def test_cpu_seconds_of_this_process_and_the_machine() -> None:
     assert cpu_seconds(os.getpid()) > mine
     busy, total = machine_busy_seconds()
     assert 0 < busy <= total
+
+
+def test_free_port_never_hands_out_a_port_twice() -> None:
+    from receipt_streams.bench.process import free_port
+
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+    assert all(20_000 <= p < 32_000 for p in ports)
