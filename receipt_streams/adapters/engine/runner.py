@@ -297,7 +297,7 @@ class FoldEngine:
         self.open = True
         for p, records in todo.items():
             task = self.tasks[p]
-            earlier = list(task.records)  # this task's part of the batch, folded before
+            start = len(task.records)  # this task's part of the batch folded before: [:start]
             try:
                 for i in range(0, len(records), _YIELD_EVERY):
                     task.fold(records[i : i + _YIELD_EVERY], now, tally)
@@ -305,7 +305,7 @@ class FoldEngine:
             except Exception as exc:
                 if not caused_by_contents(exc):
                     raise
-                await self._fold_failed(p, earlier + records, exc)
+                await self._fold_failed(p, task.records[:start] + records, exc)
                 return
             self.open_records += len(records)
         tally.flush()
