@@ -6,9 +6,9 @@ ready from: it records the changelog offsets it reached and reads only what came
 One database, its keys led by a letter (IDs never hold a NUL, so NUL ends each part):
 
     S key                       -> partition, offset, receipt (the slot; key as on the changelog)
-    P room \\0 partition offset  -> key                  (by room and position)
-    E room \\0 event \\0 key      -> ""                   (by event: the key's receipt is on it)
-    U room \\0 user \\0 key       -> ""                   (by user)
+    P room \\0 partition offset  -> key length, key, receipt   (by room and position)
+    E room \\0 event \\0 key      -> partition, offset, receipt (by event: the receipt is on it)
+    U room \\0 user \\0 key       -> partition, offset, receipt (by user)
     L room                      -> partition, offset    (the room's last write)
     M user \\0 room              -> partition, offset, membership
     V room                      -> [[stream_pos, event_id], ...] (the room's newest events)
@@ -18,6 +18,10 @@ A batch of changelog records is written in one atomic RocksDB write together wit
 it reaches, so the store is always a prefix of the changelogs: a crash loses at most the batch
 in progress, read again at the next start. Queries read only what was written (between
 batches), so an answer is exactly as of `token()`.
+
+The indexes carry the receipt itself, not only the key: a query is one range scan, not a scan
+and then a point read per key (a `/sync` or sliding-sync answer spent most of its time in
+those reads). A receipt is small; the three copies cost disk, not memory.
 """
 
 from __future__ import annotations
@@ -41,7 +45,10 @@ from receipt_streams.core.sync_view import Changes, Token, sync_rooms
 log = logging.getLogger(__name__)
 
 _POS = struct.Struct(">HQ")  # partition, offset: sorts by offset within a partition
+_KEY_LEN = struct.Struct(">H")
 _NEXT = struct.Struct(">Q")
+# The key layout above; a copy written with another is rebuilt.
+LAYOUT = 2
 _META = b"#meta"
 _WRITTEN = b"#written"  # wall-clock ms of the last batch
 _UNSET = object()
@@ -74,6 +81,7 @@ class DiskView:
         meta = orjson.dumps(
             {
                 **(identity or {}),
+                "layout": LAYOUT,
                 "receipt_partitions": receipt_partitions,
                 "member_partitions": member_partitions,
                 "recent_events": recent_events,
@@ -150,10 +158,12 @@ class DiskView:
             self._delete(user_key)
         else:
             position = _POS.pack(partition, offset)
-            self._put(b"S" + raw_key, position + value.encode())
-            self._put(b"P" + room + position, raw_key)
-            self._put(b"E" + room + value.event_id.encode() + b"\0" + raw_key, b"")
-            self._put(user_key, b"")
+            encoded = value.encode()
+            slot = position + encoded
+            self._put(b"S" + raw_key, slot)
+            self._put(b"P" + room + position, _KEY_LEN.pack(len(raw_key)) + raw_key + encoded)
+            self._put(b"E" + room + value.event_id.encode() + b"\0" + raw_key, slot)
+            self._put(user_key, slot)
         self._r_next[partition] = max(self._r_next[partition], offset + 1)
 
     def apply_membership(
@@ -220,8 +230,11 @@ class DiskView:
     def token(self) -> Token:
         return Token(tuple(self.receipt_next), tuple(self.member_next))
 
-    def _scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        it = self.db.iter()
+    def _scan(
+        self, prefix: bytes, start: bytes | None = None, it: Any = None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Entries under `prefix` from `start`; `it`: an iterator to reuse (one per query)."""
+        it = self.db.iter() if it is None else it
         it.seek(start or prefix)
         while it.valid():
             key = it.key()
@@ -230,19 +243,20 @@ class DiskView:
             yield key, it.value()
             it.next()
 
-    def _slots(self, raw_keys: Iterable[bytes]) -> Changes:
-        """The slots of `raw_keys` (those present), in changelog order."""
-        keys = list(dict.fromkeys(raw_keys))
-        if not keys:
-            return []
-        values = self.db.get([b"S" + k for k in keys])
-        found = []
-        for raw_key, value in zip(keys, values, strict=True):
-            if value is not None:
-                position = _POS.unpack_from(value)
-                found.append((position, raw_key, value[_POS.size :]))
-        found.sort()
-        return [(ReceiptKey.decode(k), Receipt.decode(v)) for _, k, v in found]
+    @staticmethod
+    def _by_room(entries: Iterable[tuple[bytes, bytes]]) -> Changes:
+        """Slots from `P` entries, which come in changelog order."""
+        out = []
+        for _, value in entries:
+            end = _KEY_LEN.size + _KEY_LEN.unpack_from(value)[0]
+            out.append((ReceiptKey.decode(value[_KEY_LEN.size : end]), Receipt.decode(value[end:])))
+        return out
+
+    @staticmethod
+    def _in_order(found: list[tuple[bytes, bytes]]) -> Changes:
+        """Slots from (key, slot value) pairs of the `E` and `U` indexes, in changelog order."""
+        found.sort(key=lambda kv: kv[1][: _POS.size])
+        return [(ReceiptKey.decode(k), Receipt.decode(v[_POS.size :])) for k, v in found]
 
     def member_entry(self, room_id: str, user_id: str) -> tuple[str, int, int] | None:
         raw = self.db.get(b"M" + user_id.encode() + b"\0" + room_id.encode())
@@ -264,7 +278,7 @@ class DiskView:
         )
 
     def room_receipts(self, room_id: str) -> Changes:
-        return self._slots(v for _, v in self._scan(_room(b"P", room_id)))
+        return self._by_room(self._scan(_room(b"P", room_id)))
 
     def room_changes_since(self, room_id: str, since: Token) -> Changes:
         last = self.db.get(b"L" + room_id.encode())
@@ -273,7 +287,7 @@ class DiskView:
         partition, _ = _POS.unpack(last)
         prefix = _room(b"P", room_id)
         start = prefix + _POS.pack(partition, since.receipts[partition])
-        return self._slots(v for _, v in self._scan(prefix, start))
+        return self._by_room(self._scan(prefix, start))
 
     def rooms_changed_since(self, room_ids: Iterable[str], since: Token) -> set[str]:
         rooms = list(room_ids)
@@ -287,15 +301,17 @@ class DiskView:
         return changed
 
     def receipts_on_events(self, room_id: str, event_ids: Iterable[str]) -> Changes:
-        keys = []
+        found: list[tuple[bytes, bytes]] = []
+        it = self.db.iter()
+        room = _room(b"E", room_id)
         for event_id in set(event_ids):
-            prefix = _room(b"E", room_id) + event_id.encode() + b"\0"
-            keys += [k[len(prefix) :] for k, _ in self._scan(prefix)]
-        return self._slots(keys)
+            prefix = room + event_id.encode() + b"\0"
+            found += [(k[len(prefix) :], v) for k, v in self._scan(prefix, it=it)]
+        return self._in_order(found)
 
     def user_receipts(self, room_id: str, user_id: str) -> Changes:
         prefix = _room(b"U", room_id) + user_id.encode() + b"\0"
-        return self._slots(k[len(prefix) :] for k, _ in self._scan(prefix))
+        return self._in_order([(k[len(prefix) :], v) for k, v in self._scan(prefix)])
 
     def latest_events(self, room_id: str, limit: int) -> list[str]:
         raw = self.db.get(b"V" + room_id.encode())
