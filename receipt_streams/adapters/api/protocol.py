@@ -35,8 +35,11 @@ REFUSED_CONNECTIONS = Counter(
 FD_RESERVE = 1024
 # A refused connection gets its answer, then half-closed; what the client sends meanwhile is
 # discarded (closing with unread data would reset the connection and lose the answer), and it
-# is closed when the client closes its side or after this many seconds.
+# is closed when the client closes its side or after this many seconds. At most
+# `REFUSED_LINGERING` refused connections linger so (a flood of them must not take the
+# reserved descriptors); past that, one is closed as soon as its answer is written.
 REFUSED_LINGER_S = 1.0
+REFUSED_LINGERING = FD_RESERVE // 4
 RETRY_AFTER_S = 1
 _REFUSAL_BODY = orjson.dumps(
     {
@@ -112,6 +115,8 @@ class _CountedRequestHandler(MatrixRequestHandler):
 class _Refusal(asyncio.Protocol):
     """A connection over the cap: the 503 at once, then closed; its bytes are never parsed."""
 
+    lingering = 0  # refused connections of this process waiting for their client's FIN
+
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._transport: asyncio.Transport | None = None
@@ -122,11 +127,12 @@ class _Refusal(asyncio.Protocol):
         self._transport = transport
         REFUSED_CONNECTIONS.inc()
         transport.write(REFUSAL)
-        if transport.can_write_eof():
+        if transport.can_write_eof() and _Refusal.lingering < REFUSED_LINGERING:
             transport.write_eof()  # FIN once the answer is out
+            _Refusal.lingering += 1
             self._timer = self._loop.call_later(REFUSED_LINGER_S, transport.close)
         else:
-            transport.close()
+            transport.close()  # the answer is still written first
 
     def data_received(self, data: bytes) -> None:
         return None  # never read: discarded
@@ -137,6 +143,8 @@ class _Refusal(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
+            _Refusal.lingering -= 1
         self._transport = None
 
 

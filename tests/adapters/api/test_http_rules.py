@@ -509,15 +509,23 @@ async def _refused() -> float:
     return REFUSED_CONNECTIONS._value.get()
 
 
-async def test_connections_over_the_cap_get_503_at_once_and_are_closed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("linger", [True, False])
+async def test_connections_over_the_cap_get_503_at_once_and_are_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, linger: bool
+) -> None:
     """Open connections to the client listener are capped (issue 12): one more is answered
-    with 503 `M_LIMIT_EXCEEDED` before it sends anything, and closed; once one closes, a new
-    one is served. The admin listener is not capped."""
+    with 503 `M_LIMIT_EXCEEDED` before it sends anything, and closed (half-closed first, or,
+    with too many refused ones lingering, at once); once one closes, a new one is served.
+    The admin listener is not capped."""
     import asyncio
 
+    from receipt_streams.adapters.api import protocol
     from receipt_streams.adapters.api.app import serving
     from receipt_streams.adapters.api.protocol import OPEN_CONNECTIONS
     from receipt_streams.bench.process import free_port
+
+    if not linger:
+        monkeypatch.setattr(protocol, "REFUSED_LINGERING", 0)
 
     s = settings(tmp_path, web_port=free_port(), admin_port=free_port(), http_max_connections=3)
     api, _ = make_api(s)
@@ -533,6 +541,7 @@ async def test_connections_over_the_cap_get_503_at_once_and_are_closed(tmp_path:
         assert b"\r\nretry-after: 1" in head.lower()
         assert orjson.loads(body)["errcode"] == "M_LIMIT_EXCEEDED"
         assert await _refused() == refused + 1
+        assert protocol._Refusal.lingering in (0, 1) if linger else protocol._Refusal.lingering == 0
         assert OPEN_CONNECTIONS._value.get() == opened + 3
         for _ in range(5):  # the admin listener is not capped
             a_reader, a_writer = await asyncio.open_connection("127.0.0.1", s.admin_port)
