@@ -159,7 +159,8 @@ class Settings(BaseSettings):
         6066,
         ge=0,
         le=65535,
-        description="Port of the HTTP API (client endpoints, /healthz, /readyz, /metrics).",
+        description="Port of the HTTP API: the client endpoints, /healthz and /readyz "
+        "(ready or not, no detail); metrics and the detailed /readyz are on the admin port.",
     )
 
     serve_api: bool = Field(
@@ -323,6 +324,15 @@ class Settings(BaseSettings):
     )
     http_max_body_bytes: int = Field(
         65_536, ge=1024, description="Larger request bodies get 413 M_TOO_LARGE."
+    )
+    http_max_connections: int = Field(
+        4096,
+        ge=1,
+        description="Most open connections to the client listener; one more is answered at "
+        "once with 503 M_LIMIT_EXCEEDED (and Retry-After) and closed, its request unread. "
+        "Lowered at start (a WARNING line says so) to fit the open-file limit "
+        "(RLIMIT_NOFILE, whose soft limit is first raised towards the hard one) less 1024 "
+        "descriptors kept for Kafka, RocksDB and the admin listener.",
     )
     sync_rate_limit_per_s: float = Field(
         10.0, ge=0, description="/sync requests per second per user (0: no limit)."

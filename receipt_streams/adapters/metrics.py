@@ -1,4 +1,4 @@
-"""Prometheus metrics of the pipeline (exposed on the worker's web port at /metrics)."""
+"""Prometheus metrics of the pipeline (exposed on the admin listener at /metrics)."""
 
 from __future__ import annotations
 

@@ -10,9 +10,9 @@ Two kinds of record are parked, each as a bounded DLQ record (`core/dlq.py`):
   was to go, and the input it came from, with the reason `unproducible`.
 
 Every parked record is counted (`receipt_streams_parked_total`) and remembered here for
-`/readyz`, which shows them without turning 503: parking is how the stream recovers. (An
-output over the limit is counted when it is replaced: should its batch fail for another
-reason and be folded again, it is counted again.)
+the admin listener's `/readyz`, which shows them without turning 503: parking is how the
+stream recovers. (An output over the limit is counted when it is replaced: should its batch
+fail for another reason and be folded again, it is counted again.)
 """
 
 from __future__ import annotations

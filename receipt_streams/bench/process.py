@@ -175,9 +175,9 @@ class WorkerProcess:
         return cpu_seconds(self.proc.pid) if self.proc is not None else math.nan
 
     def metric_sums(self, name: str) -> dict[str, float]:
-        """`name`'s `_count` and `_sum` from this process's /metrics (a histogram), summed
-        over its labels; empty when the process does not answer."""
-        url = f"http://127.0.0.1:{self.settings.web_port}/metrics"
+        """`name`'s `_count` and `_sum` from this process's /metrics (a histogram, on the
+        admin listener), summed over its labels; empty when the process does not answer."""
+        url = f"http://127.0.0.1:{self.settings.admin_port}/metrics"
         try:
             with urllib.request.urlopen(url, timeout=5) as resp:
                 text = resp.read().decode()

@@ -542,7 +542,7 @@ def _time_to_ready(worker: WorkerProcess, timeout: float = 600) -> dict[str, flo
     worker.start()
     tables_at = None
     while time.monotonic() - t0 < timeout:
-        state = _ready_state(worker.settings.web_port)
+        state = _ready_state(worker.settings.admin_port)  # the detail (`tables`) is there
         if state.get("tables") and tables_at is None:
             tables_at = time.monotonic() - t0
         if state.get("ready"):

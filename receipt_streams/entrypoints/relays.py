@@ -18,7 +18,8 @@ from receipt_streams.entrypoints.running import run_command, run_until_stopped
 
 
 async def serve(s: Settings) -> None:
-    # Only /healthz, /readyz and /metrics: the client API is served elsewhere.
+    # No client API (served elsewhere): /healthz and /readyz on the client port, those and
+    # /metrics on the admin listener.
     api = Api(s, SyncFeed(s), verifier_for(s), ready=lambda: True, client=False)
     loops = [DeltaRelay(s).run_forever(), EduRelay(s).run_forever()]
     await run_until_stopped(s, api, loops, "relays")

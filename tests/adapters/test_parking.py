@@ -138,6 +138,8 @@ async def test_a_receipt_whose_output_the_broker_refuses_is_parked(
     assert ready["stuck"] == [] and ready["parked"]["recent"] == 1
     assert ready["parked"]["last"]["reason"] == "unproducible"
     assert ready["parked"]["last"]["topic"] == s.topic_client
+    status, body = get(f"http://127.0.0.1:{s.web_port}/readyz")
+    assert (status, orjson.loads(body)) == (200, {"ready": True}), "no detail to clients"
 
     assert parked_metric(s, "unproducible", s.topic_client) == 1.0
     _, text = get(f"http://127.0.0.1:{s.admin_port}/metrics")

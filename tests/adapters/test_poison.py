@@ -210,7 +210,7 @@ async def test_a_forged_edu_rejected_in_its_rooms_takes_at_most_twice_its_bytes(
 
     def rejected() -> int:
         text = (
-            urllib.request.urlopen(f"http://127.0.0.1:{s.web_port}/metrics", timeout=5)
+            urllib.request.urlopen(f"http://127.0.0.1:{s.admin_port}/metrics", timeout=5)
             .read()
             .decode()
         )

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from aiohttp import web
 
 from receipt_streams.config import Settings
 from receipt_streams.entrypoints.cli import build_parser
@@ -78,11 +79,6 @@ def registered_metrics() -> set[str]:
                 base + s for s in ("_total", "_created", "_bucket", "_count", "_sum")
             }
     return names
-
-
-def routes() -> set[str]:
-    source = (ROOT / "receipt_streams" / "adapters" / "api" / "app.py").read_text()
-    return set(re.findall(r"add_get\(\s*\"([^\"]+)\"", source))
 
 
 def web_port() -> int:
@@ -230,28 +226,59 @@ def test_api_processes_keep_their_view_on_disk() -> None:
     assert api_env["RECEIPT_STREAMS_READ_STORE"] == "rocksdb"
 
 
-def test_probes_use_real_paths_on_the_client_port() -> None:
-    paths = routes()
-    assert {"/healthz", "/readyz", "/metrics"} <= paths
+def listener_paths() -> tuple[set[str], set[str]]:
+    """The GET paths the client listener and the admin listener serve."""
+    from tests.adapters.api.inprocess import make_api
+
+    api, _ = make_api(Settings(server_name="hs1", read_store="memory"))
+
+    def paths(app: web.Application) -> set[str]:
+        return {r.canonical for r in app.router.resources()}
+
+    return paths(api.app()), paths(api.admin_app())
+
+
+def admin_port() -> int:
+    return Settings.model_fields["admin_port"].default
+
+
+def test_probes_on_the_client_port_and_metrics_on_the_admin_listener() -> None:
+    """The kubelet probes the client port (status only); Prometheus scrapes the admin
+    listener, which therefore listens beyond loopback there, in no Service."""
+    client, admin = listener_paths()
+    assert {"/healthz", "/readyz"} <= client and "/metrics" not in client
+    assert {"/healthz", "/readyz", "/metrics"} <= admin
     for container in containers():
         assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": web_port()}
         assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": web_port()}
-        assert {p["containerPort"] for p in container["ports"]} == {web_port()}
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports == {"http": web_port(), "admin": admin_port()}
         assert container["resources"]["requests"] and container["resources"]["limits"]
     for doc in workloads():
         annotations = doc["spec"]["template"]["metadata"]["annotations"]
-        assert annotations["prometheus.io/port"] == str(web_port())
-        assert annotations["prometheus.io/path"] in paths
+        assert annotations["prometheus.io/port"] == str(admin_port())
+        assert annotations["prometheus.io/path"] in admin
     for doc in k8s_docs():
         if doc["kind"] == "PodMonitor":
-            assert {e["path"] for e in doc["spec"]["podMetricsEndpoints"]} <= paths
+            endpoints = doc["spec"]["podMetricsEndpoints"]
+            assert {(e["port"], e["path"]) for e in endpoints} == {("admin", "/metrics")}
+        if doc["kind"] == "Service":
+            assert {p["port"] for p in doc["spec"]["ports"]} == {web_port()}
+        if doc["kind"] == "ConfigMap":
+            assert doc["data"]["RECEIPT_STREAMS_ADMIN_HOST"] == "0.0.0.0"
+            assert doc["data"]["RECEIPT_STREAMS_ADMIN_PORT"] == str(admin_port())
     scrape = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())["scrape_configs"]
+    services = compose()["services"]
     for job in scrape:
-        assert job["metrics_path"] in paths
+        assert job["metrics_path"] in admin
         for group in job["static_configs"]:
             for target in group["targets"]:
                 host, port = target.rsplit(":", 1)
-                assert int(port) == web_port() and host in compose()["services"]
+                assert int(port) == admin_port() and host in services
+                env = services[host]["environment"]
+                assert env["RECEIPT_STREAMS_ADMIN_HOST"] == "0.0.0.0"
+    published = [p for s in services.values() for p in s.get("ports", [])]
+    assert not [p for p in published if str(p).endswith(f":{admin_port()}")], "never published"
 
 
 def test_every_workload_has_a_disruption_budget() -> None:

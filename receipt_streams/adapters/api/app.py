@@ -1,6 +1,7 @@
 """The HTTP API (CONTRACT §5). Two listeners: the client port (Matrix receipts, read markers,
-the receipts part of /sync, health, readiness, metrics) and the admin listener (the room
-receipts view behind admin tokens, health, readiness, metrics). Handlers only parse, call the
+the receipts part of /sync, health, readiness without detail; at most `http_max_connections`
+open connections) and the admin listener (the room receipts view behind admin tokens, health,
+readiness with its detail, metrics). Handlers only parse, call the
 core checks, and produce to Kafka or read the SyncIndex. Whatever a client sends, the answer is
 a Matrix error body, never a 5xx.
 """
@@ -22,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 
 from receipt_streams.adapters.api.auth import TokenVerifier, VerifierUnavailable, admin_tokens_for
 from receipt_streams.adapters.api.client_address import client_address
-from receipt_streams.adapters.api.protocol import MatrixAppRunner
+from receipt_streams.adapters.api.protocol import MatrixAppRunner, connection_cap
 from receipt_streams.adapters.api.sync_feed import SyncFeed
 from receipt_streams.adapters.collector import freeze_when_ready
 from receipt_streams.adapters.parking import ParkedLog
@@ -202,26 +203,27 @@ class Api:
             app.router.add_get(CLIENT + "/sync", self.get_sync)
             for path in SLIDING_CLIENT:
                 app.router.add_post(path, self.post_sliding_sync)
-        self._add_health(app)
+        # Status only: what is stuck or parked (record errors, topics) is for operators.
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.client_readyz)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
 
     def admin_app(self) -> web.Application:
-        """The admin listener: the room receipts view (where the sync view is fed), health."""
+        """The admin listener: the room receipts view (where the sync view is fed), health,
+        readiness with its detail, metrics (these three without a token, like the client
+        port's probes; the data routes need an admin token)."""
         app = web.Application(
             middlewares=[matrix_errors], client_max_size=self.s.http_max_body_bytes
         )
         if self.client:
             app.router.add_get(RECEIPTS_VIEW, self.get_room_receipts)
             app.router.add_post(SLIDING_INTERNAL, self.post_sliding_receipts)
-        self._add_health(app)
-        return app
-
-    def _add_health(self, app: web.Application) -> None:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
+        return app
 
     async def _start(self, _: web.Application) -> None:
         if not self.client or self.producer is not None:
@@ -549,16 +551,25 @@ class Api:
         """Tables recovered and the sync view caught up (whatever the loops' health)."""
         return self.ready() and (self.feed.caught_up.is_set() or not self.client)
 
-    async def readyz(self, request: web.Request) -> web.Response:
+    def _readiness(self) -> tuple[bool, bool, bool, list[str]]:
         tables, view = self.ready(), self.feed.caught_up.is_set() or not self.client
         stuck = LoopHealth.problems()  # a loop failing again and again is not ready
-        ready = tables and view and not stuck
+        return tables and view and not stuck, tables, view, stuck
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """Admin: readiness and why (tables, sync view, stuck loops, parked records)."""
+        ready, tables, view, stuck = self._readiness()
         # Parked records are shown, never a reason for 503: parking is how a loop recovers.
         parked = ParkedLog.summary()
         return _json(
             {"ready": ready, "tables": tables, "sync_view": view, "stuck": stuck, "parked": parked},
             200 if ready else 503,
         )
+
+    async def client_readyz(self, request: web.Request) -> web.Response:
+        """Client port: the same status, and nothing else."""
+        ready = self._readiness()[0]
+        return _json({"ready": ready}, 200 if ready else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
@@ -567,7 +578,8 @@ class Api:
 @contextlib.asynccontextmanager
 async def serving(api: Api, s: Settings) -> AsyncIterator[None]:
     """Serve `api` on the client and the admin listener for the duration of the block."""
-    runners = [MatrixAppRunner(api.app(), access_log=None)]
+    cap = connection_cap(s.http_max_connections)
+    runners = [MatrixAppRunner(api.app(), access_log=None, max_connections=cap)]
     runners.append(MatrixAppRunner(api.admin_app(), access_log=None))
     try:
         for runner, host, port in zip(
@@ -583,6 +595,7 @@ async def serving(api: Api, s: Settings) -> AsyncIterator[None]:
                 "admin_host": s.admin_host,
                 "admin_port": s.admin_port,
                 "client_api": api.client,
+                "max_connections": cap,
             },
         )
         freezing = asyncio.create_task(freeze_when_ready(api.started))

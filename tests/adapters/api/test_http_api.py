@@ -339,11 +339,18 @@ async def test_a_separate_api_process_serves_what_a_table_worker_folds(
             async with session.get(worker_base + "/_matrix/client/v3/sync") as resp:
                 assert resp.status == 404, "the table worker serves no client API"
             async with session.get(worker_base + "/readyz") as resp:
-                assert (await resp.json())["ready"] is True
+                assert await resp.json() == {"ready": True}, "status only on the client port"
             for process in (worker, api):  # every process serves the admin listener too
                 admin_base = f"http://127.0.0.1:{process.settings.admin_port}"
                 async with session.get(admin_base + "/readyz") as resp:
+                    assert resp.status == 200 and "parked" in await resp.json()
+                async with session.get(admin_base + "/metrics") as resp:
                     assert resp.status == 200
+                    assert "receipt_streams_http_client_connections" in await resp.text()
+                client_base = f"http://127.0.0.1:{process.settings.web_port}"
+                async with session.get(client_base + "/metrics") as resp:
+                    assert resp.status == 404, "metrics on the admin listener only"
+                    assert (await resp.json())["errcode"] == "M_UNRECOGNIZED"
     finally:
         api.stop()
         worker.stop()
@@ -358,7 +365,8 @@ async def test_metrics_report_consumer_lag_and_receipts(
     deadline = time.monotonic() + 30
     while True:
         _, _ = await http["alice"].request("GET", "/healthz")
-        async with http["alice"].session.get(http["alice"].base + "/metrics") as resp:
+        admin = f"http://127.0.0.1:{worker.settings.admin_port}"
+        async with http["alice"].session.get(admin + "/metrics") as resp:
             text = await resp.text()
         lag = {
             line.split("{")[1].split(",")[0]

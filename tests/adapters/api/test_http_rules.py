@@ -90,7 +90,7 @@ async def test_without_an_admin_tokens_file_the_view_refuses_everyone(tmp_path: 
 
 
 @pytest.mark.parametrize("client_api", [True, False])
-async def test_health_readiness_and_metrics_on_both_listeners(
+async def test_client_port_probes_carry_status_only_and_metrics_are_admin_only(
     tmp_path: Path, client_api: bool
 ) -> None:
     api, _ = make_api(settings(tmp_path))
@@ -98,29 +98,34 @@ async def test_health_readiness_and_metrics_on_both_listeners(
     async with clients(api) as (client, admin):
         for listener in (client, admin):
             assert (await call(listener, "GET", "/healthz"))[:2] == (200, {"status": "ok"})
-            status, body, _ = await call(listener, "GET", "/readyz")
-            assert status == 200 and body["ready"] is True
-            status, text, _ = await call(listener, "GET", "/metrics")
-            assert status == 200 and b"receipt_streams_http_request_seconds" in text
+        assert (await call(client, "GET", "/readyz"))[:2] == (200, {"ready": True})
+        status, body, _ = await call(admin, "GET", "/readyz")
+        assert status == 200 and body["ready"] is True and "parked" in body
+        status, body, _ = await call(client, "GET", "/metrics")
+        assert (status, body["errcode"]) == (404, "M_UNRECOGNIZED"), "no metrics to clients"
+        status, text, _ = await call(admin, "GET", "/metrics")
+        assert status == 200 and b"receipt_streams_http_request_seconds" in text
         status, _, _ = await call(admin, "GET", VIEW, headers=ADMIN)
         assert status == (200 if client_api else 404), "the view only where the feed runs"
 
 
 async def test_readyz_is_503_with_the_reason_while_a_loop_is_stuck(tmp_path: Path) -> None:
+    """The reason on the admin listener; the client port says not ready, and nothing more."""
     api, _ = make_api(settings(tmp_path))
     health = LoopHealth.of("t-stuck-fold")
     try:
         for _ in range(STUCK_AFTER):
             health.failed(RuntimeError("batch failed"))
         async with clients(api) as (client, admin):
-            for listener in (client, admin):
-                status, body, _ = await call(listener, "GET", "/readyz")
-                assert status == 503 and body["ready"] is False
-                why = f"failed {STUCK_AFTER} times in a row: RuntimeError('batch failed')"
-                assert body["stuck"] == [f"t-stuck-fold {why}"]
+            status, body, _ = await call(admin, "GET", "/readyz")
+            assert status == 503 and body["ready"] is False
+            why = f"failed {STUCK_AFTER} times in a row: RuntimeError('batch failed')"
+            assert body["stuck"] == [f"t-stuck-fold {why}"]
+            assert (await call(client, "GET", "/readyz"))[:2] == (503, {"ready": False})
             health.succeeded()
-            status, body, _ = await call(client, "GET", "/readyz")
+            status, body, _ = await call(admin, "GET", "/readyz")
             assert status == 200 and body["stuck"] == []
+            assert (await call(client, "GET", "/readyz"))[:2] == (200, {"ready": True})
     finally:
         LoopHealth.registry.pop("t-stuck-fold", None)
 
@@ -133,17 +138,18 @@ async def test_readyz_shows_parked_records_and_stays_200(tmp_path: Path) -> None
         record = SimpleNamespace(topic="t.client", partition=1, offset=7, key=None, value=b"x")
         ParkedLog.input_parked(record, MessageSizeTooLargeError())
         async with clients(api) as (client, admin):
-            for listener in (client, admin):
-                status, body, _ = await call(listener, "GET", "/readyz")
-                assert status == 200 and body["ready"] is True
-                parked = body["parked"]
-                assert (parked["recent"], parked["total"]) == (1, 1)
-                last = parked["last"]
-                assert (last["reason"], last["topic"], last["offset"]) == (
-                    "unproducible",
-                    "t.client",
-                    7,
-                )
+            status, body, _ = await call(admin, "GET", "/readyz")
+            assert status == 200 and body["ready"] is True
+            parked = body["parked"]
+            assert (parked["recent"], parked["total"]) == (1, 1)
+            last = parked["last"]
+            assert (last["reason"], last["topic"], last["offset"]) == (
+                "unproducible",
+                "t.client",
+                7,
+            )
+            status, raw, _ = await call(client, "GET", "/readyz")
+            assert (status, raw) == (200, {"ready": True}), "no record detail to clients"
     finally:
         ParkedLog.clear()
 
@@ -495,3 +501,89 @@ async def test_a_body_not_sent_in_time_gets_408(
         assert body["errcode"] == "M_UNKNOWN"
         writer.close()
     assert producer.sent == []
+
+
+async def _refused() -> float:
+    from receipt_streams.adapters.api.protocol import REFUSED_CONNECTIONS
+
+    return REFUSED_CONNECTIONS._value.get()
+
+
+@pytest.mark.parametrize("linger", [True, False])
+async def test_connections_over_the_cap_get_503_at_once_and_are_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, linger: bool
+) -> None:
+    """Open connections to the client listener are capped (issue 12): one more is answered
+    with 503 `M_LIMIT_EXCEEDED` before it sends anything, and closed (half-closed first, or,
+    with too many refused ones lingering, at once); once one closes, a new one is served.
+    The admin listener is not capped."""
+    import asyncio
+
+    from receipt_streams.adapters.api import protocol
+    from receipt_streams.adapters.api.app import serving
+    from receipt_streams.adapters.api.protocol import OPEN_CONNECTIONS
+    from receipt_streams.bench.process import free_port
+
+    if not linger:
+        monkeypatch.setattr(protocol, "REFUSED_LINGERING", 0)
+
+    s = settings(tmp_path, web_port=free_port(), admin_port=free_port(), http_max_connections=3)
+    api, _ = make_api(s)
+    refused = await _refused()
+    opened = OPEN_CONNECTIONS._value.get()
+    async with serving(api, s):
+        idle = [await asyncio.open_connection("127.0.0.1", s.web_port) for _ in range(3)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.web_port)
+        raw = await asyncio.wait_for(reader.read(), 5)  # nothing sent: answered, then EOF
+        writer.close()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503 ")
+        assert b"\r\nretry-after: 1" in head.lower()
+        assert orjson.loads(body)["errcode"] == "M_LIMIT_EXCEEDED"
+        assert await _refused() == refused + 1
+        assert protocol._Refusal.lingering in (0, 1) if linger else protocol._Refusal.lingering == 0
+        assert OPEN_CONNECTIONS._value.get() == opened + 3
+        for _ in range(5):  # the admin listener is not capped
+            a_reader, a_writer = await asyncio.open_connection("127.0.0.1", s.admin_port)
+            a_writer.write(b"GET /healthz HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            assert (await asyncio.wait_for(a_reader.read(), 5)).startswith(b"HTTP/1.1 200")
+            a_writer.close()
+        idle[0][1].close()
+        await idle[0][1].wait_closed()
+        for _ in range(100):  # until the server has seen it go
+            if OPEN_CONNECTIONS._value.get() == opened + 2:
+                break
+            await asyncio.sleep(0.02)
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.web_port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 200")
+        writer.close()
+        for _, w in idle[1:]:
+            w.close()
+    assert await _refused() == refused + 1
+
+
+def test_the_connection_cap_fits_the_open_file_limit(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cap the open-file limit cannot hold is lowered (once, a WARNING, no ERROR) after the
+    soft limit is raised as far as the hard one allows."""
+    import resource
+
+    from receipt_streams.adapters.api import protocol
+
+    limits = {"soft": 2048, "hard": 3000}
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (limits["soft"], limits["hard"]))
+
+    def setrlimit(_: int, value: tuple[int, int]) -> None:
+        limits["soft"] = value[0]
+
+    monkeypatch.setattr(resource, "setrlimit", setrlimit)
+    caplog.set_level("INFO")
+    assert protocol.connection_cap(4096) == 3000 - 1024
+    assert limits["soft"] == 3000, "raised to the hard limit first"
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    limits.update(soft=1_000_000, hard=1_000_000)
+    assert protocol.connection_cap(4096) == 4096
+    limits.update(soft=100, hard=100)
+    assert protocol.connection_cap(4096) == 50, "half of a small limit kept for the rest"
