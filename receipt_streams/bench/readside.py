@@ -47,7 +47,7 @@ from receipt_streams.adapters.sending import partition_of, send_all
 from receipt_streams.adapters.topics import ensure_topics
 from receipt_streams.bench.measure import end_offsets
 from receipt_streams.bench.memory import MB, memory_of
-from receipt_streams.bench.process import WorkerProcess
+from receipt_streams.bench.process import WorkerProcess, machine_busy_seconds
 from receipt_streams.bench.scenarios import LOCAL, Bench
 from receipt_streams.bench.wrk import Request, WrkResult, requests_at_rate, wrk_path
 from receipt_streams.config import Settings
@@ -283,18 +283,25 @@ async def _sample(api: WorkerProcess, plan: list[Request], n: int = 200) -> dict
 
 async def _load(
     api: WorkerProcess, plan: list[Request], rate: float, duration: float, workdir: Path
-) -> tuple[WrkResult, float]:
+) -> tuple[WrkResult, float, dict[str, float]]:
+    """wrk's result, the seconds it ran, and the CPU the API process and the whole machine
+    used meanwhile (seconds per second: 2.0 is both cores)."""
     host = f"http://127.0.0.1:{api.settings.web_port}"
     warm = min(2.0, duration)  # caches warmed by the same load, not measured
     await requests_at_rate(host, plan, rate, warm, workdir / "warm", 32, cycle=True)
     t0 = time.monotonic()
+    api_cpu, (busy, total) = api.cpu_seconds(), machine_busy_seconds()
     result = await requests_at_rate(host, plan, rate, duration, workdir, 32, cycle=True)
-    return result, time.monotonic() - t0
+    busy2, total2 = machine_busy_seconds()
+    wall = (total2 - total) / (os.cpu_count() or 1)
+    cpu = {"cpu_api": (api.cpu_seconds() - api_cpu) / wall, "cpu_machine": (busy2 - busy) / wall}
+    return result, time.monotonic() - t0, cpu
 
 
 def _load_fields(
-    name: str, result: WrkResult, seconds: float, sample: dict[str, float]
+    name: str, load: tuple[WrkResult, float, dict[str, float]], sample: dict[str, float]
 ) -> dict[str, Any]:
+    result, seconds, cpu = load
     return {
         **{f"{name}_{k}": v for k, v in sample.items()},
         f"{name}_requests": result.requests,
@@ -303,6 +310,7 @@ def _load_fields(
         f"{name}_p99_ms": result.p99_ms,
         f"{name}_non_2xx": result.non_2xx,
         f"{name}_socket_errors": result.socket_errors,
+        **{f"{name}_{k}": v for k, v in cpu.items()},
     }
 
 
@@ -342,10 +350,8 @@ async def bench_readside(
         sync_sample = await _sample(api, sync_plan)
         sliding_sample = await _sample(api, sliding_plan)
         load_before = os.getloadavg()[0]
-        sync, sync_s = await _load(api, sync_plan, rate, duration, b.workdir / "readside-sync")
-        sliding, sliding_s = await _load(
-            api, sliding_plan, rate, duration, b.workdir / "readside-sliding"
-        )
+        sync = await _load(api, sync_plan, rate, duration, b.workdir / "readside-sync")
+        sliding = await _load(api, sliding_plan, rate, duration, b.workdir / "readside-sliding")
         load_after = os.getloadavg()[0]
         assert api.proc is not None
         loaded = memory_of(api.proc.pid)
@@ -373,8 +379,8 @@ async def bench_readside(
         "hwm_ready_local_state_mb": warm["hwm_mb"],
         "rate_per_s": rate,
         "duration_s": duration,
-        **_load_fields("sync", sync, sync_s, sync_sample),
-        **_load_fields("sliding", sliding, sliding_s, sliding_sample),
+        **_load_fields("sync", sync, sync_sample),
+        **_load_fields("sliding", sliding, sliding_sample),
         "rss_after_load_mb": loaded["VmRSS"] / MB,
         "hwm_after_load_mb": loaded["VmHWM"] / MB,
         "sync_form": "incremental, since a token from before the tail, timeout=0",

@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 _POS = struct.Struct(">HQ")  # partition, offset: sorts by offset within a partition
 _KEY_LEN = struct.Struct(">H")
 _NEXT = struct.Struct(">Q")
+# receipts_on_events: entries stepped over before seeking instead.
+_STEPS_BEFORE_SEEK = 16
 # The key layout above; a copy written with another is rebuilt.
 LAYOUT = 2
 _META = b"#meta"
@@ -301,12 +303,30 @@ class DiskView:
         return changed
 
     def receipts_on_events(self, room_id: str, event_ids: Iterable[str]) -> Changes:
+        """The events' prefixes are visited in key order, one iterator walking forward: a
+        prefix a few entries ahead is reached by stepping (cheap), a farther one by a seek
+        (tens of microseconds: a timeline of 20 events cost 20 of them)."""
         found: list[tuple[bytes, bytes]] = []
-        it = self.db.iter()
         room = _room(b"E", room_id)
-        for event_id in set(event_ids):
-            prefix = room + event_id.encode() + b"\0"
-            found += [(k[len(prefix) :], v) for k, v in self._scan(prefix, it=it)]
+        prefixes = sorted(room + e.encode() + b"\0" for e in set(event_ids))
+        if not prefixes:
+            return []
+        it = self.db.iter()
+        it.seek(prefixes[0])
+        for prefix in prefixes:
+            for _ in range(_STEPS_BEFORE_SEEK):
+                if not it.valid() or it.key() >= prefix:
+                    break
+                it.next()
+            else:
+                if it.valid() and it.key() < prefix:
+                    it.seek(prefix)
+            while it.valid():
+                key = it.key()
+                if not key.startswith(prefix):
+                    break
+                found.append((key[len(prefix) :], it.value()))
+                it.next()
         return self._in_order(found)
 
     def user_receipts(self, room_id: str, user_id: str) -> Changes:
