@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from receipt_streams.bench.measure import group_caught_up
 from receipt_streams.config import Settings
 from receipt_streams.core.dlq import DlqBounds
 from tests.adapters.test_poison import CANARY, CANARY_WITHIN_S, canary_folds, dlq_records
+from tests.support.http import get
 from tests.support.scenario import Room
 from tests.support.worker import TopicReader, WorkerProcess, dumps, produce, worker_settings
 
@@ -52,14 +52,6 @@ def same_partition_room(s: Settings, other: Room, prefix: str) -> Room:
         if partition_of(room.key(), s.partitions) == target:
             return room
     raise AssertionError("no room id on that partition")
-
-
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 async def create_small_topic(s: Settings, topic: str, max_bytes: int) -> None:

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from typing import Any
 
 import aiohttp
 import orjson
 
 CLIENT = "/_matrix/client/v3"
+
+
+def get(url: str) -> tuple[int, bytes]:
+    """A blocking GET: the status and body, error statuses included."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
 
 
 class Client:

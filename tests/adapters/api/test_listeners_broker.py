@@ -8,14 +8,13 @@ from __future__ import annotations
 import re
 import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
+from tests.support.http import get
 from tests.support.worker import WorkerProcess, worker_settings
 
 pytestmark = pytest.mark.broker
@@ -23,14 +22,6 @@ pytestmark = pytest.mark.broker
 CAP = 3
 ERROR_LINE = re.compile(r"^\[[^\]]+\] (ERROR|CRITICAL) ")
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
-
-
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def metric(admin: str, name: str) -> float:
