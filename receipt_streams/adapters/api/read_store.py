@@ -60,6 +60,16 @@ def _room(prefix: bytes, room_id: str) -> bytes:
     return prefix + room_id.encode() + b"\0"
 
 
+def _walk(it: Any, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """Entries from the iterator's position on, while their keys start with `prefix`."""
+    while it.valid():
+        key = it.key()
+        if not key.startswith(prefix):
+            return
+        yield key, it.value()
+        it.next()
+
+
 class DiskView:
     """`ReceiptsView` on RocksDB. Feed it with `apply_*` then `commit()` per batch."""
 
@@ -232,18 +242,11 @@ class DiskView:
     def token(self) -> Token:
         return Token(tuple(self.receipt_next), tuple(self.member_next))
 
-    def _scan(
-        self, prefix: bytes, start: bytes | None = None, it: Any = None
-    ) -> Iterator[tuple[bytes, bytes]]:
-        """Entries under `prefix` from `start`; `it`: an iterator to reuse (one per query)."""
-        it = self.db.iter() if it is None else it
+    def _scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Entries under `prefix` from `start`."""
+        it = self.db.iter()
         it.seek(start or prefix)
-        while it.valid():
-            key = it.key()
-            if not key.startswith(prefix):
-                return
-            yield key, it.value()
-            it.next()
+        return _walk(it, prefix)
 
     @staticmethod
     def _by_room(entries: Iterable[tuple[bytes, bytes]]) -> Changes:
@@ -321,12 +324,7 @@ class DiskView:
             else:
                 if it.valid() and it.key() < prefix:
                     it.seek(prefix)
-            while it.valid():
-                key = it.key()
-                if not key.startswith(prefix):
-                    break
-                found.append((key[len(prefix) :], it.value()))
-                it.next()
+            found += [(key[len(prefix) :], value) for key, value in _walk(it, prefix)]
         return self._in_order(found)
 
     def user_receipts(self, room_id: str, user_id: str) -> Changes:
