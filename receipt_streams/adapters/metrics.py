@@ -68,6 +68,17 @@ FEED_RECORDS = Counter(
     "Records the fold wrote to its feeds, by feed (read_positions, history).",
     ["feed"],
 )
+READ_STORE_ANSWERS = Counter(
+    "receipt_streams_read_store_answers_total",
+    "Per-room answers of the API's on-disk view, by whether they were kept from an earlier "
+    "request (kept) or read from RocksDB (read).",
+    ["outcome"],
+)
+READ_STORE_ANSWERS_HELD = Gauge(
+    "receipt_streams_read_store_answers_receipts",
+    "Receipts held in kept answers of the API's on-disk view "
+    "(bounded by RECEIPT_STREAMS_READ_STORE_ANSWERS_RECEIPTS).",
+)
 LAG = Gauge(
     "receipt_streams_consumer_lag",
     "Records on a partition not yet consumed (highwater - position).",

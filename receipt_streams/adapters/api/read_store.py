@@ -38,6 +38,7 @@ from typing import Any
 import orjson
 from rocksdict import WriteBatch
 
+from receipt_streams.adapters.api.room_answers import RoomAnswers
 from receipt_streams.adapters.engine.stores import RocksMemory, open_rdict
 from receipt_streams.core.receipts import Receipt, ReceiptKey
 from receipt_streams.core.sync_view import Changes, Token, sync_rooms
@@ -82,8 +83,13 @@ class DiskView:
         memory: RocksMemory | None = None,
         identity: dict[str, Any] | None = None,
         max_age_s: float | None = None,
+        answers_receipts: int = 100_000,
     ) -> None:
-        self._kwargs = {"identity": identity, "max_age_s": max_age_s}
+        self._kwargs = {
+            "identity": identity,
+            "max_age_s": max_age_s,
+            "answers_receipts": answers_receipts,
+        }
         self.path = path
         self.receipt_partitions = receipt_partitions
         self.member_partitions = member_partitions
@@ -120,6 +126,9 @@ class DiskView:
         self.receipt_next = [self._next(b"Or", p) for p in range(receipt_partitions)]
         self.member_next = [self._next(b"Om", p) for p in range(member_partitions)]
         self._pending: dict[bytes, bytes | None] = {}
+        # Answers per room, dropped as the batch that writes their room is committed.
+        self.answers = RoomAnswers(answers_receipts)
+        self._written_rooms: set[str] = set()
         self._r_next = list(self.receipt_next)
         self._m_next = list(self.member_next)
 
@@ -165,6 +174,7 @@ class DiskView:
             self._delete(b"E" + room + old_event.encode() + b"\0" + raw_key)
         user_key = b"U" + room + key.user_id.encode() + b"\0" + raw_key
         self._put(b"L" + key.room_id.encode(), _POS.pack(partition, offset))
+        self._written_rooms.add(key.room_id)
         if value is None:
             self._delete(b"S" + raw_key)
             self._delete(user_key)
@@ -204,6 +214,7 @@ class DiskView:
             return
         newest = heapq.nlargest(self.recent_events, [*newest, entry])[::-1]
         self._put(key, orjson.dumps(newest))
+        self._written_rooms.add(room_id)
 
     def skip_member_offset(self, partition: int, offset: int) -> None:
         self._m_next[partition] = max(self._m_next[partition], offset + 1)
@@ -211,6 +222,7 @@ class DiskView:
     def rollback(self) -> None:
         """Drop the batch in progress (its records are read again)."""
         self._pending = {}
+        self._written_rooms = set()
         self._r_next = list(self.receipt_next)
         self._m_next = list(self.member_next)
 
@@ -233,6 +245,8 @@ class DiskView:
                 batch.put(prefix + struct.pack(">H", p), _NEXT.pack(n))
         batch.put(_WRITTEN, _NEXT.pack(int(time.time() * 1000)))
         self.db.write(batch)
+        self.answers.forget(self._written_rooms)
+        self._written_rooms = set()
         self._pending = {}
         self.receipt_next = list(self._r_next)
         self.member_next = list(self._m_next)
@@ -258,10 +272,18 @@ class DiskView:
         return out
 
     @staticmethod
-    def _in_order(found: list[tuple[bytes, bytes]]) -> Changes:
-        """Slots from (key, slot value) pairs of the `E` and `U` indexes, in changelog order."""
-        found.sort(key=lambda kv: kv[1][: _POS.size])
-        return [(ReceiptKey.decode(k), Receipt.decode(v[_POS.size :])) for k, v in found]
+    def _positioned(
+        found: Iterable[tuple[bytes, bytes]],
+    ) -> list[tuple[bytes, ReceiptKey, Receipt]]:
+        """(position, key, receipt) from (key, slot value) pairs of the `E` and `U` indexes."""
+        return [
+            (v[: _POS.size], ReceiptKey.decode(k), Receipt.decode(v[_POS.size :])) for k, v in found
+        ]
+
+    @staticmethod
+    def _in_order(found: list[tuple[bytes, ReceiptKey, Receipt]]) -> Changes:
+        """Positioned slots in changelog order."""
+        return [(k, v) for _, k, v in sorted(found, key=lambda e: e[0])]
 
     def member_entry(self, room_id: str, user_id: str) -> tuple[str, int, int] | None:
         raw = self.db.get(b"M" + user_id.encode() + b"\0" + room_id.encode())
@@ -283,16 +305,27 @@ class DiskView:
         )
 
     def room_receipts(self, room_id: str) -> Changes:
-        return self._by_room(self._scan(_room(b"P", room_id)))
+        changes = self.answers.get(room_id, "all")
+        if changes is None:
+            changes = self._by_room(self._scan(_room(b"P", room_id)))
+            self.answers.put(room_id, "all", changes)
+        return changes
 
     def room_changes_since(self, room_id: str, since: Token) -> Changes:
         last = self.db.get(b"L" + room_id.encode())
         if last is None:
             return []
-        partition, _ = _POS.unpack(last)
-        prefix = _room(b"P", room_id)
-        start = prefix + _POS.pack(partition, since.receipts[partition])
-        return self._by_room(self._scan(prefix, start))
+        partition, last_offset = _POS.unpack(last)
+        start_offset = since.receipts[partition]
+        if start_offset > last_offset:
+            return []
+        query = ("since", partition, start_offset)
+        changes = self.answers.get(room_id, query)
+        if changes is None:
+            prefix = _room(b"P", room_id)
+            changes = self._by_room(self._scan(prefix, prefix + _POS.pack(partition, start_offset)))
+            self.answers.put(room_id, query, changes)
+        return changes
 
     def rooms_changed_since(self, room_ids: Iterable[str], since: Token) -> set[str]:
         rooms = list(room_ids)
@@ -306,36 +339,55 @@ class DiskView:
         return changed
 
     def receipts_on_events(self, room_id: str, event_ids: Iterable[str]) -> Changes:
-        """The events' prefixes are visited in key order, one iterator walking forward: a
-        prefix a few entries ahead is reached by stepping (cheap), a farther one by a seek
-        (tens of microseconds: a timeline of 20 events cost 20 of them)."""
-        found: list[tuple[bytes, bytes]] = []
-        room = _room(b"E", room_id)
-        prefixes = sorted(room + e.encode() + b"\0" for e in set(event_ids))
-        if not prefixes:
-            return []
-        it = self.db.iter()
-        it.seek(prefixes[0])
-        for prefix in prefixes:
-            for _ in range(_STEPS_BEFORE_SEEK):
-                if not it.valid() or it.key() >= prefix:
-                    break
-                it.next()
+        """Each event's receipts are kept as one answer; the events not kept are read with
+        one iterator walking forward over their prefixes in key order: a prefix a few
+        entries ahead is reached by stepping (cheap), a farther one by a seek (tens of
+        microseconds: a timeline of 20 events cost 20 of them)."""
+        found: list[tuple[bytes, ReceiptKey, Receipt]] = []
+        missing: list[str] = []
+        for event_id in set(event_ids):
+            on_event = self.answers.get(room_id, ("event", event_id))
+            if on_event is None:
+                missing.append(event_id)
             else:
-                if it.valid() and it.key() < prefix:
+                found += on_event
+        if missing:
+            room = _room(b"E", room_id)
+            it = self.db.iter()
+            for n, event_id in enumerate(sorted(missing, key=str.encode)):
+                prefix = room + event_id.encode() + b"\0"
+                if n == 0:
                     it.seek(prefix)
-            found += [(key[len(prefix) :], value) for key, value in _walk(it, prefix)]
+                for _ in range(_STEPS_BEFORE_SEEK):
+                    if not it.valid() or it.key() >= prefix:
+                        break
+                    it.next()
+                else:
+                    if it.valid() and it.key() < prefix:
+                        it.seek(prefix)
+                on_event = self._positioned((k[len(prefix) :], v) for k, v in _walk(it, prefix))
+                self.answers.put(room_id, ("event", event_id), on_event)
+                found += on_event
         return self._in_order(found)
 
     def user_receipts(self, room_id: str, user_id: str) -> Changes:
-        prefix = _room(b"U", room_id) + user_id.encode() + b"\0"
-        return self._in_order([(k[len(prefix) :], v) for k, v in self._scan(prefix)])
+        changes = self.answers.get(room_id, ("user", user_id))
+        if changes is None:
+            prefix = _room(b"U", room_id) + user_id.encode() + b"\0"
+            entries = self._positioned((k[len(prefix) :], v) for k, v in self._scan(prefix))
+            changes = self._in_order(entries)
+            self.answers.put(room_id, ("user", user_id), changes)
+        return changes
 
     def latest_events(self, room_id: str, limit: int) -> list[str]:
-        raw = self.db.get(b"V" + room_id.encode())
-        if raw is None or limit <= 0:
+        if limit <= 0:
             return []
-        return [e for _, e in orjson.loads(raw)[-limit:]]
+        newest = self.answers.get(room_id, "newest")
+        if newest is None:
+            raw = self.db.get(b"V" + room_id.encode())
+            newest = [e for _, e in orjson.loads(raw)] if raw is not None else []
+            self.answers.put(room_id, "newest", newest)
+        return newest[-limit:]
 
     def sync(self, user_id: str, since: Token | None) -> dict[str, Any]:
         return sync_rooms(self, user_id, since)

@@ -62,6 +62,7 @@ class SyncFeed:
                 "state": s.changelog_state,
             },
             max_age_s=s.read_store_max_age_s,
+            answers_receipts=s.read_store_answers_receipts,
         )
 
     async def wait_for_change(self, timeout_s: float) -> None:
