@@ -46,6 +46,34 @@ def _place(content: dict, threads: dict, key: ReceiptKey, value: Receipt) -> Non
     users[key.user_id] = dict(value.data)
 
 
+def seen_by(
+    room_id: str, user_id: str, changes: Iterable[tuple[ReceiptKey, Receipt | None]]
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """What `user_id` sees of a room's changes (oldest first), as a client is shown them:
+    one `m.receipt` content with everyone's public receipts and the user's own private ones
+    (latest per slot, MSC4102 applied), and the user's `m.fully_read` account data event (or
+    None). Removals show to nobody. The same as `build_delta` then keeping the user's parts,
+    in one pass: `/sync` and sliding sync render every answer with it."""
+    latest: dict[ReceiptKey, Receipt | None] = {}
+    for key, value in changes:
+        if key.receipt_type == PUBLIC or key.user_id == user_id:
+            latest.pop(key, None)  # keep arrival order of the newest write
+            latest[key] = value
+    content: dict[str, Any] = {}
+    threads: dict[tuple[str, str, str], str | None] = {}
+    fully_read = None
+    for key, value in latest.items():
+        if key.room_id != room_id:
+            raise ValueError(f"change for {key.room_id} in an answer for {room_id}")
+        if value is None:
+            continue
+        if key.receipt_type == FULLY_READ:
+            fully_read = {"type": FULLY_READ, "content": {"event_id": value.event_id}}
+        elif key.receipt_type in (PUBLIC, PRIVATE):
+            _place(content, threads, key, value)
+    return content, fully_read
+
+
 def build_delta(
     room_id: str, seq: int, ts: int, changes: Iterable[tuple[ReceiptKey, Receipt | None]]
 ) -> dict[str, Any] | None:

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from receipt_streams.core.deltas import FULLY_READ, PUBLIC, build_delta
+from receipt_streams.core.deltas import seen_by
 from receipt_streams.core.receipts import Receipt, ReceiptKey
 from receipt_streams.core.sync_view import BadToken, Changes, ReceiptsView, Token
 
@@ -125,19 +125,7 @@ def receipt_event(
 ) -> dict[str, Any] | None:
     """One `m.receipt` event for `user_id`: everyone's public receipts and the user's own
     private ones (latest per key, MSC4102 applied); None when nothing is left."""
-    mine = [
-        (k, v)
-        for k, v in changes
-        if k.receipt_type != FULLY_READ and (k.receipt_type == PUBLIC or k.user_id == user_id)
-    ]
-    delta = build_delta(room_id, 0, 0, mine)
-    if delta is None:
-        return None
-    content: dict[str, Any] = {}
-    for part in (delta.get("receipt"), (delta.get("private") or {}).get(user_id)):
-        for event_id, by_type in (part or {}).get("content", {}).items():
-            for receipt_type, users in by_type.items():
-                content.setdefault(event_id, {}).setdefault(receipt_type, {}).update(users)
+    content, _ = seen_by(room_id, user_id, changes)
     return {"type": "m.receipt", "content": content} if content else None
 
 

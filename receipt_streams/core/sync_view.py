@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from receipt_streams.core.deltas import build_delta
+from receipt_streams.core.deltas import seen_by
 from receipt_streams.core.receipts import Receipt, ReceiptKey
 
 
@@ -292,19 +292,10 @@ def render_for_user(
 ) -> dict[str, Any]:
     """One room's `ephemeral` (a single m.receipt: everyone's public receipts plus the user's
     own private ones) and `account_data` (the user's m.fully_read); empty parts left out."""
-    mine = [(k, v) for k, v in changes if k.receipt_type == "m.read" or k.user_id == user_id]
-    delta = build_delta(room_id, 0, 0, mine)
-    if delta is None:
-        return {}
-    content: dict[str, Any] = {}
-    for part in (delta.get("receipt"), (delta.get("private") or {}).get(user_id)):
-        for event_id, by_type in (part or {}).get("content", {}).items():
-            for receipt_type, users in by_type.items():
-                content.setdefault(event_id, {}).setdefault(receipt_type, {}).update(users)
+    content, fully_read = seen_by(room_id, user_id, changes)
     out: dict[str, Any] = {}
     if content:
         out["ephemeral"] = {"events": [{"type": "m.receipt", "content": content}]}
-    fully_read = (delta.get("account_data") or {}).get(user_id)
     if fully_read:
         out["account_data"] = {"events": [fully_read]}
     return out

@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from receipt_streams.core.deltas import apply_delta, build_delta, plan_deltas, table_view
+from receipt_streams.core.deltas import (
+    apply_delta,
+    build_delta,
+    plan_deltas,
+    seen_by,
+    table_view,
+)
 from receipt_streams.core.models import SyncDelta
 from receipt_streams.core.receipts import Receipt, ReceiptKey, client_data
 from tests.support.spec import receipt_event_errors, validate_receipt_event
@@ -422,3 +428,30 @@ def test_view_from_deltas_equals_the_table_however_batches_are_cut(
             apply_delta(view, delta)
     assert seqs == sorted(set(seqs))  # seq grows with each delta of the room
     assert view == table_view(dict(writes).items())
+
+
+def _user_parts_of_a_delta(
+    user_id: str, writes: list[tuple[ReceiptKey, Receipt | None]]
+) -> tuple[dict, dict | None]:
+    """The composition `seen_by` replaces: the user's part of a full delta."""
+    mine = [(key, v) for key, v in writes if key.receipt_type == "m.read" or key.user_id == user_id]
+    delta = build_delta(ROOM, 0, 0, mine) or {}
+    content: dict = {}
+    for part in (delta.get("receipt"), (delta.get("private") or {}).get(user_id)):
+        for event_id, by_type in (part or {}).get("content", {}).items():
+            for receipt_type, users in by_type.items():
+                content.setdefault(event_id, {}).setdefault(receipt_type, {}).update(users)
+    return content, (delta.get("account_data") or {}).get(user_id)
+
+
+@settings(max_examples=300, deadline=None)
+@given(changes(), st.sampled_from(USERS), st.sets(st.integers(0, 25)))
+def test_what_a_user_sees_is_their_part_of_the_delta(
+    writes: list[tuple[ReceiptKey, Receipt]], user_id: str, removed: set[int]
+) -> None:
+    """`seen_by` (one pass, every `/sync` and sliding-sync answer) gives exactly what a full
+    delta shows the user: others' private receipts and all removals hidden, MSC4102 applied."""
+    with_removals: list[tuple[ReceiptKey, Receipt | None]] = [
+        (key, None if i in removed else value) for i, (key, value) in enumerate(writes)
+    ]
+    assert seen_by(ROOM, user_id, with_removals) == _user_parts_of_a_delta(user_id, with_removals)
