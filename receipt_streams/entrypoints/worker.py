@@ -21,7 +21,12 @@ from receipt_streams.adapters.relays.deltas import DeltaRelay
 from receipt_streams.adapters.relays.edus import EduRelay
 from receipt_streams.adapters.topics import ensure_topics
 from receipt_streams.config import Settings
-from receipt_streams.entrypoints.running import EXIT_REFUSED, refused_start, run_until_stopped
+from receipt_streams.entrypoints.running import (
+    EXIT_REFUSED,
+    refused_start,
+    run_loop,
+    run_until_stopped,
+)
 from receipt_streams.logs import logging_config
 
 log = logging.getLogger(__name__)
@@ -95,7 +100,7 @@ def run_worker(s: Settings) -> int:
         try:
             if s.engine == "faust":
                 return run_faust_worker(s, config)
-            asyncio.run(serve(s))
+            run_loop(s, serve(s))
             return 0
         finally:
             os.close(claim)
