@@ -56,9 +56,9 @@ async def run_until_stopped(
 
 
 def run_loop(s: Settings, main: Coroutine[Any, Any, T]) -> T:
-    """`asyncio.run` on the configured event loop (`EVENT_LOOP`). uvloop cut the latency
-    bench's p99 by about a quarter: the API process spent an eighth of its time in asyncio's
-    socket transport alone."""
+    """`asyncio.run` on the configured event loop (`EVENT_LOOP`): under the latency bench the
+    API process spent an eighth of its time in asyncio's socket transport, which uvloop does
+    in C."""
     if s.event_loop == "uvloop":
         import uvloop
 
