@@ -52,8 +52,9 @@ class RoomAnswers:
         self._of_room.setdefault(room_id, set()).add(query)
         self.held += len(answer) + 1
         while self.held > self.max_receipts:
-            oldest = next(iter(self._answers))
-            self._drop(oldest)
+            (room, oldest), dropped = self._answers.popitem(last=False)
+            self.held -= len(dropped) + 1
+            self._unindex(room, oldest)
         READ_STORE_ANSWERS_HELD.set(self.held)
 
     def forget(self, room_ids: Iterable[str]) -> None:
@@ -72,11 +73,13 @@ class RoomAnswers:
 
     def _drop(self, key: tuple[str, Hashable]) -> None:
         answer = self._answers.pop(key, None)
-        if answer is None:
-            return
-        self.held -= len(answer) + 1
-        queries = self._of_room.get(key[0])
+        if answer is not None:
+            self.held -= len(answer) + 1
+            self._unindex(*key)
+
+    def _unindex(self, room_id: str, query: Hashable) -> None:
+        queries = self._of_room.get(room_id)
         if queries is not None:
-            queries.discard(key[1])
+            queries.discard(query)
             if not queries:
-                del self._of_room[key[0]]
+                del self._of_room[room_id]
