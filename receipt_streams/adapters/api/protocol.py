@@ -12,6 +12,7 @@ import asyncio
 import logging
 import resource
 from http import HTTPStatus
+from typing import cast
 
 import orjson
 from aiohttp import web
@@ -123,7 +124,8 @@ class _Refusal(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A stream transport; uvloop's is not registered as an asyncio.Transport subclass.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         REFUSED_CONNECTIONS.inc()
         transport.write(REFUSAL)
