@@ -211,9 +211,9 @@ class Settings(BaseSettings):
     read_store_answers_receipts: int = Field(
         100_000,
         ge=0,
-        description="read_store rocksdb: receipts kept decoded in answers to per-room queries "
-        "(a room's changes since a position, the receipts on an event, ...), each dropped when "
-        "its room is written; the least recently used go first (0: none kept).",
+        description="read_store rocksdb: receipts kept decoded in the answers to `/sync`'s "
+        "per-room queries (a room's changes since a position, all of a room's receipts), each "
+        "dropped when its room is written; the least recently used go first (0: none kept).",
     )
     read_store_max_age_s: float = Field(
         43_200.0,

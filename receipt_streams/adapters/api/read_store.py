@@ -272,18 +272,10 @@ class DiskView:
         return out
 
     @staticmethod
-    def _positioned(
-        found: Iterable[tuple[bytes, bytes]],
-    ) -> list[tuple[bytes, ReceiptKey, Receipt]]:
-        """(position, key, receipt) from (key, slot value) pairs of the `E` and `U` indexes."""
-        return [
-            (v[: _POS.size], ReceiptKey.decode(k), Receipt.decode(v[_POS.size :])) for k, v in found
-        ]
-
-    @staticmethod
-    def _in_order(found: list[tuple[bytes, ReceiptKey, Receipt]]) -> Changes:
-        """Positioned slots in changelog order."""
-        return [(k, v) for _, k, v in sorted(found, key=lambda e: e[0])]
+    def _in_order(found: list[tuple[bytes, bytes]]) -> Changes:
+        """Slots from (key, slot value) pairs of the `E` and `U` indexes, in changelog order."""
+        found.sort(key=lambda kv: kv[1][: _POS.size])
+        return [(ReceiptKey.decode(k), Receipt.decode(v[_POS.size :])) for k, v in found]
 
     def member_entry(self, room_id: str, user_id: str) -> tuple[str, int, int] | None:
         raw = self.db.get(b"M" + user_id.encode() + b"\0" + room_id.encode())
@@ -339,55 +331,39 @@ class DiskView:
         return changed
 
     def receipts_on_events(self, room_id: str, event_ids: Iterable[str]) -> Changes:
-        """Each event's receipts are kept as one answer; the events not kept are read with
-        one iterator walking forward over their prefixes in key order: a prefix a few
-        entries ahead is reached by stepping (cheap), a farther one by a seek (tens of
-        microseconds: a timeline of 20 events cost 20 of them)."""
-        found: list[tuple[bytes, ReceiptKey, Receipt]] = []
-        missing: list[str] = []
-        for event_id in set(event_ids):
-            on_event = self.answers.get(room_id, ("event", event_id))
-            if on_event is None:
-                missing.append(event_id)
+        """The events' prefixes are visited in key order, one iterator walking forward: a
+        prefix a few entries ahead is reached by stepping (cheap), a farther one by a seek
+        (tens of microseconds: a timeline of 20 events cost 20 of them). Not kept in
+        `answers`: a client opening a room asks for its own timeline once, and under such
+        requests spread over many rooms the kept answers churned and cost more than they
+        saved."""
+        found: list[tuple[bytes, bytes]] = []
+        room = _room(b"E", room_id)
+        prefixes = sorted(room + e.encode() + b"\0" for e in set(event_ids))
+        if not prefixes:
+            return []
+        it = self.db.iter()
+        it.seek(prefixes[0])
+        for prefix in prefixes:
+            for _ in range(_STEPS_BEFORE_SEEK):
+                if not it.valid() or it.key() >= prefix:
+                    break
+                it.next()
             else:
-                found += on_event
-        if missing:
-            room = _room(b"E", room_id)
-            it = self.db.iter()
-            for n, event_id in enumerate(sorted(missing, key=str.encode)):
-                prefix = room + event_id.encode() + b"\0"
-                if n == 0:
+                if it.valid() and it.key() < prefix:
                     it.seek(prefix)
-                for _ in range(_STEPS_BEFORE_SEEK):
-                    if not it.valid() or it.key() >= prefix:
-                        break
-                    it.next()
-                else:
-                    if it.valid() and it.key() < prefix:
-                        it.seek(prefix)
-                on_event = self._positioned((k[len(prefix) :], v) for k, v in _walk(it, prefix))
-                self.answers.put(room_id, ("event", event_id), on_event)
-                found += on_event
+            found += [(key[len(prefix) :], value) for key, value in _walk(it, prefix)]
         return self._in_order(found)
 
     def user_receipts(self, room_id: str, user_id: str) -> Changes:
-        changes = self.answers.get(room_id, ("user", user_id))
-        if changes is None:
-            prefix = _room(b"U", room_id) + user_id.encode() + b"\0"
-            entries = self._positioned((k[len(prefix) :], v) for k, v in self._scan(prefix))
-            changes = self._in_order(entries)
-            self.answers.put(room_id, ("user", user_id), changes)
-        return changes
+        prefix = _room(b"U", room_id) + user_id.encode() + b"\0"
+        return self._in_order([(k[len(prefix) :], v) for k, v in self._scan(prefix)])
 
     def latest_events(self, room_id: str, limit: int) -> list[str]:
-        if limit <= 0:
+        raw = self.db.get(b"V" + room_id.encode())
+        if raw is None or limit <= 0:
             return []
-        newest = self.answers.get(room_id, "newest")
-        if newest is None:
-            raw = self.db.get(b"V" + room_id.encode())
-            newest = [e for _, e in orjson.loads(raw)] if raw is not None else []
-            self.answers.put(room_id, "newest", newest)
-        return newest[-limit:]
+        return [e for _, e in orjson.loads(raw)[-limit:]]
 
     def sync(self, user_id: str, since: Token | None) -> dict[str, Any]:
         return sync_rooms(self, user_id, since)

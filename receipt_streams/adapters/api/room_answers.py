@@ -1,10 +1,11 @@
-"""Answers of the read store's per-room queries, kept until their room is written again.
+"""Answers of the read store's per-room `/sync` queries, kept until their room is written.
 
 Many requests ask the same room the same thing: when a receipt lands in a big room, every
-member's `/sync` wakes with much the same `since` and asks for the room's changes since it;
-every client opening the room asks for the receipts on its newest events. Decoding those
-receipts from RocksDB was most of such a request's time. Synapse caches the same reads
-(`_get_linearized_receipts_for_room`, keyed by room and stream range) for the same reason.
+member's `/sync` wakes with much the same `since` and asks for the room's changes since it.
+Decoding those receipts from RocksDB was most of such a request's time. Synapse caches the
+same reads (`_get_linearized_receipts_for_room`, keyed by room and stream range) for the
+same reason. Sliding sync's queries (the receipts on a timeline's events, a user's own) are
+not kept: spread over many rooms, they churned the kept answers and cost more than they saved.
 
 An answer is dropped when its room is written (the store calls `forget` as it commits a
 batch), so a kept answer is exactly what the store would give as of its token. The least
