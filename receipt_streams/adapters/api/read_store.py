@@ -126,7 +126,8 @@ class DiskView:
         self.receipt_next = [self._next(b"Or", p) for p in range(receipt_partitions)]
         self.member_next = [self._next(b"Om", p) for p in range(member_partitions)]
         self._pending: dict[bytes, bytes | None] = {}
-        # Answers per room, dropped as the batch that writes their room is committed.
+        # /sync's answers per room, dropped as the batch that writes the room's receipts is
+        # committed.
         self.answers = RoomAnswers(answers_receipts)
         self._written_rooms: set[str] = set()
         self._r_next = list(self.receipt_next)
@@ -214,7 +215,6 @@ class DiskView:
             return
         newest = heapq.nlargest(self.recent_events, [*newest, entry])[::-1]
         self._put(key, orjson.dumps(newest))
-        self._written_rooms.add(room_id)
 
     def skip_member_offset(self, partition: int, offset: int) -> None:
         self._m_next[partition] = max(self._m_next[partition], offset + 1)

@@ -66,12 +66,6 @@ class RoomAnswers:
                 self.held -= len(answer) + 1
         READ_STORE_ANSWERS_HELD.set(self.held)
 
-    def clear(self) -> None:
-        self._answers.clear()
-        self._of_room.clear()
-        self.held = 0
-        READ_STORE_ANSWERS_HELD.set(0)
-
     def _drop(self, key: tuple[str, Hashable]) -> None:
         answer = self._answers.pop(key, None)
         if answer is not None:
