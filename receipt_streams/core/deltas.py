@@ -54,11 +54,7 @@ def seen_by(
     (latest per slot, MSC4102 applied), and the user's `m.fully_read` account data event (or
     None). Removals show to nobody. The same as `build_delta` then keeping the user's parts,
     in one pass: `/sync` and sliding sync render every answer with it."""
-    latest: dict[ReceiptKey, Receipt | None] = {}
-    for key, value in changes:
-        if key.receipt_type == PUBLIC or key.user_id == user_id:
-            latest.pop(key, None)  # keep arrival order of the newest write
-            latest[key] = value
+    latest = _latest((k, v) for k, v in changes if k.receipt_type == PUBLIC or k.user_id == user_id)
     content: dict[str, Any] = {}
     threads: dict[tuple[str, str, str], str | None] = {}
     fully_read = None
