@@ -126,6 +126,7 @@ class DiskView:
         self.receipt_next = [self._next(b"Or", p) for p in range(receipt_partitions)]
         self.member_next = [self._next(b"Om", p) for p in range(member_partitions)]
         self._pending: dict[bytes, bytes | None] = {}
+        self._reader: Any = None  # the iterator of the committed state, made when first asked
         # /sync's answers per room, dropped as the batch that writes the room's receipts is
         # committed.
         self.answers = RoomAnswers(answers_receipts)
@@ -142,10 +143,12 @@ class DiskView:
         return not any(self.receipt_next) and not any(self.member_next)
 
     def close(self) -> None:
+        self._reader = None
         self.db.close()
 
     def wipe(self) -> None:
         """Forget everything: the next feed reads the changelogs from their beginning."""
+        self._reader = None
         self.db.close()
         shutil.rmtree(self.path, ignore_errors=True)
         self.__init__(*self._args, **self._kwargs)  # type: ignore[misc]
@@ -245,6 +248,7 @@ class DiskView:
                 batch.put(prefix + struct.pack(">H", p), _NEXT.pack(n))
         batch.put(_WRITTEN, _NEXT.pack(int(time.time() * 1000)))
         self.db.write(batch)
+        self._reader = None  # it sees the state before this batch
         self.answers.forget(self._written_rooms)
         self._written_rooms = set()
         self._pending = {}
@@ -256,11 +260,18 @@ class DiskView:
     def token(self) -> Token:
         return Token(tuple(self.receipt_next), tuple(self.member_next))
 
-    def _scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+    def _iterator(self) -> Any:
+        """The committed state's iterator (each query seeks it; none keeps it between
+        awaits, and a commit replaces it)."""
+        if self._reader is None:
+            self._reader = self.db.iter()
+        return self._reader
+
+    def _scan(self, prefix: bytes, start: bytes | None = None) -> list[tuple[bytes, bytes]]:
         """Entries under `prefix` from `start`."""
-        it = self.db.iter()
+        it = self._iterator()
         it.seek(start or prefix)
-        return _walk(it, prefix)
+        return list(_walk(it, prefix))
 
     @staticmethod
     def _by_room(entries: Iterable[tuple[bytes, bytes]]) -> Changes:
@@ -342,7 +353,7 @@ class DiskView:
         prefixes = sorted(room + e.encode() + b"\0" for e in set(event_ids))
         if not prefixes:
             return []
-        it = self.db.iter()
+        it = self._iterator()
         it.seek(prefixes[0])
         for prefix in prefixes:
             for _ in range(_STEPS_BEFORE_SEEK):
