@@ -47,7 +47,7 @@ from receipt_streams.adapters.sending import partition_of, send_all
 from receipt_streams.adapters.topics import ensure_topics
 from receipt_streams.bench.measure import end_offsets
 from receipt_streams.bench.memory import MB, memory_of
-from receipt_streams.bench.process import WorkerProcess, machine_busy_seconds
+from receipt_streams.bench.process import WorkerProcess, disk_read_bytes, machine_busy_seconds
 from receipt_streams.bench.scenarios import LOCAL, Bench
 from receipt_streams.bench.wrk import Request, WrkResult, requests_at_rate, wrk_path
 from receipt_streams.config import Settings
@@ -284,24 +284,31 @@ async def _sample(api: WorkerProcess, plan: list[Request], n: int = 200) -> dict
 async def _load(
     api: WorkerProcess, plan: list[Request], rate: float, duration: float, workdir: Path
 ) -> tuple[WrkResult, float, dict[str, float]]:
-    """wrk's result, the seconds it ran, and the CPU the API process and the whole machine
-    used meanwhile (seconds per second: 2.0 is both cores)."""
+    """wrk's result, the seconds it ran, the CPU the API process and the whole machine used
+    meanwhile (seconds per second: 2.0 is both cores), and what the API process read from
+    storage: its view's blocks that neither RocksDB's cache nor the page cache held."""
     host = f"http://127.0.0.1:{api.settings.web_port}"
     warm = min(2.0, duration)  # caches warmed by the same load, not measured
     await requests_at_rate(host, plan, rate, warm, workdir / "warm", 32, cycle=True)
+    assert api.proc is not None
     t0 = time.monotonic()
     api_cpu, (busy, total) = api.cpu_seconds(), machine_busy_seconds()
+    read = disk_read_bytes(api.proc.pid)
     result = await requests_at_rate(host, plan, rate, duration, workdir, 32, cycle=True)
     busy2, total2 = machine_busy_seconds()
     wall = (total2 - total) / (os.cpu_count() or 1)
-    cpu = {"cpu_api": (api.cpu_seconds() - api_cpu) / wall, "cpu_machine": (busy2 - busy) / wall}
-    return result, time.monotonic() - t0, cpu
+    figures = {
+        "cpu_api": (api.cpu_seconds() - api_cpu) / wall,
+        "cpu_machine": (busy2 - busy) / wall,
+        "disk_read_mb": (disk_read_bytes(api.proc.pid) - read) / MB,
+    }
+    return result, time.monotonic() - t0, figures
 
 
 def _load_fields(
     name: str, load: tuple[WrkResult, float, dict[str, float]], sample: dict[str, float]
 ) -> dict[str, Any]:
-    result, seconds, cpu = load
+    result, seconds, figures = load
     return {
         **{f"{name}_{k}": v for k, v in sample.items()},
         f"{name}_requests": result.requests,
@@ -310,7 +317,7 @@ def _load_fields(
         f"{name}_p99_ms": result.p99_ms,
         f"{name}_non_2xx": result.non_2xx,
         f"{name}_socket_errors": result.socket_errors,
-        **{f"{name}_{k}": v for k, v in cpu.items()},
+        **{f"{name}_{k}": v for k, v in figures.items()},
     }
 
 
