@@ -261,8 +261,10 @@ class DiskView:
         return Token(tuple(self.receipt_next), tuple(self.member_next))
 
     def _iterator(self) -> Any:
-        """The committed state's iterator (each query seeks it; none keeps it between
-        awaits, and a commit replaces it)."""
+        """The committed state's iterator, shared by the queries until the next commit
+        replaces it: making one cost about as much as a short scan, and a sliding-sync answer
+        made ten. Queries are synchronous, so none sees it moved by another; it pins the
+        files of that state (an idle view may keep a compaction's inputs a while longer)."""
         if self._reader is None:
             self._reader = self.db.iter()
         return self._reader
