@@ -130,6 +130,14 @@ FENCED = Counter(
     "producer was fenced); the loop restarts and rejoins the group.",
     ["loop"],
 )
+PARTITION_REPAIRS = Counter(
+    "receipt_streams_partition_repairs_total",
+    "Input partitions the faust engine read again: a record came after one Faust dropped "
+    "(out_of_order), a commit waited for a record never folded (commit_stalled), a partition "
+    "with records to fold made no progress (no_progress), or no seek followed an assignment "
+    "(no_seek).",
+    ["reason"],
+)
 PARKED = Counter(
     "receipt_streams_parked_total",
     "Records parked in the DLQ by an engine so the stream goes on: an input record a batch "

@@ -271,6 +271,133 @@ def test_what_was_fetched_before_a_seek_back_is_dropped_until_the_record_comes_a
     assert tp not in consumer._rewinds
 
 
+def test_a_record_fetched_before_the_seek_after_an_assignment_waits_for_that_seek(
+    consumer: FoldConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between an assignment and Faust's seek the committed offset is unknown: a record
+    fetched then is not taken for one after the log's start (a seek back to offset 0 would
+    read the whole partition again); it comes again after the seek."""
+    log = Log(monkeypatch, consumer)
+    tp = TP(TOPIC, 0)
+    consumer._seeking[tp] = 0.0  # as `on_partitions_assigned` leaves it
+    early = message(47)
+    assert run(consumer.admit(early)) is False
+    assert early not in consumer.processed.messages  # not committable
+    assert not log.seeks and not log.lookups
+
+    async def seek_to_committed() -> dict[TP, int]:
+        return {tp: 47}
+
+    monkeypatch.setattr(consumer, "seek_to_committed", seek_to_committed)
+    run(consumer.perform_seek())
+    assert fold(consumer, 47, 48) == [47, 48]
+    assert not log.seeks  # faust's own seek to 47 (stubbed here) is the one
+
+
+def test_a_partition_with_nothing_committed_is_read_from_its_start_after_that_seek(
+    consumer: FoldConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Faust seeks only partitions with a committed offset past 0: the records let go
+    before the seek of one just assigned with none must be read again from its log's start."""
+    log = Log(monkeypatch, consumer)
+    tp = TP(TOPIC, 0)
+    consumer._seeking[tp] = 0.0
+    assert fold(consumer, 0, 1) == []
+
+    async def seek_to_committed() -> dict[TP, int | None]:
+        return {tp: None}
+
+    monkeypatch.setattr(consumer, "seek_to_committed", seek_to_committed)
+    run(consumer.perform_seek())
+    assert log.seeks == [{tp: 0}]
+    assert fold(consumer, 0, 1) == [0, 1]
+
+
+class Idle:
+    """A partition with records to fold (its log ends at `end`) and a clock to move."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, consumer: FoldConsumer, end: int):
+        self.log = Log(monkeypatch, consumer)
+        self.now = 1000.0
+        self.end = end
+
+        async def highwaters(*tps: TP) -> dict[TP, int]:
+            return {tp: self.end for tp in tps}
+
+        monkeypatch.setattr(consumer, "highwaters", highwaters)
+        monkeypatch.setattr(acks.time, "monotonic", lambda: self.now)
+
+    def watch(self, consumer: FoldConsumer, after_s: float) -> None:
+        self.now += after_s
+        run(consumer._watch_progress(self.now))
+
+
+def test_a_partition_with_records_that_makes_no_progress_is_read_again(
+    consumer: FoldConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever held it (here: left out of the fetch by flow control), it is fetched again
+    and read from its committed offset, once it made no progress for `WATCH_S`."""
+    idle = Idle(monkeypatch, consumer, end=60)
+    tp = TP(TOPIC, 0)
+    consumer._committed_offset[tp] = 50
+    assert fold(consumer, 50, 51) == [50, 51]
+    consumer.on_buffer_full(tp)  # out of the fetch, never let back in
+    assert tp not in consumer._get_active_partitions()
+    idle.watch(consumer, 0)
+    idle.watch(consumer, acks.WATCH_S - 1)
+    assert not idle.log.seeks
+    idle.watch(consumer, 1)
+    assert idle.log.seeks == [{tp: 50}]
+    assert tp in consumer._get_active_partitions()
+    assert fold(consumer, 50, 51, 52) == [52]  # 50, 51 were folded: done, not again
+
+
+def test_a_partition_that_folds_or_is_at_its_end_is_left_alone(
+    consumer: FoldConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    idle = Idle(monkeypatch, consumer, end=60)
+    tp = TP(TOPIC, 0)
+    consumer._committed_offset[tp] = 50
+    for offset in range(50, 50 + int(acks.WATCH_S)):  # one record a second
+        assert fold(consumer, offset) == [offset]
+        idle.watch(consumer, 1)
+    consumer._committed_offset[tp] = idle.end = 60  # all folded and committed
+    idle.watch(consumer, 0)
+    idle.watch(consumer, 2 * acks.WATCH_S)
+    assert not idle.log.seeks and not idle.log.lookups
+
+
+def test_a_partition_whose_records_are_fetched_but_wait_in_the_queue_is_left_alone(
+    consumer: FoldConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy agent: records come for the partition but wait behind other partitions'."""
+    idle = Idle(monkeypatch, consumer, end=60)
+    tp = TP(TOPIC, 0)
+    consumer._committed_offset[tp] = 50
+    for _ in range(3 * int(acks.WATCH_S)):
+        consumer._fetched[tp] = consumer._fetched.get(tp, 0) + 1
+        idle.watch(consumer, 1)
+    assert not idle.log.seeks
+
+
+def test_an_assignment_no_seek_followed_is_seeked_to_the_committed_offsets(
+    consumer: FoldConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    idle = Idle(monkeypatch, consumer, end=60)
+    tp = TP(TOPIC, 0)
+    consumer._seeking[tp] = idle.now
+
+    async def seek_to_committed() -> dict[TP, int]:
+        return {tp: 50}
+
+    monkeypatch.setattr(consumer, "seek_to_committed", seek_to_committed)
+    idle.watch(consumer, acks.WATCH_S - 1)
+    assert tp in consumer._seeking
+    idle.watch(consumer, 1)
+    assert tp not in consumer._seeking
+    assert fold(consumer, 50) == [50]
+
+
 # --- flush -------------------------------------------------------------------------------
 
 

@@ -63,9 +63,14 @@ from faust.types.tuples import ack_lock
 from mode import Service
 from mode.utils.futures import notify
 
+from receipt_streams.adapters import metrics
+
 log = logging.getLogger(__name__)
 
 STALL_S = 2.0
+#: A partition with records to fold that has neither folded nor committed one for this long
+#: is read again from its committed offset (whatever held it: see `_watch_progress`).
+WATCH_S = 10.0
 
 
 class Processed:
@@ -107,6 +112,12 @@ class FoldConsumer(Consumer):
         self._rewinds: dict[TP, tuple[int, float]] = {}
         #: Partitions with a record after `_next` whose log could not be looked at: since.
         self._unsure: dict[TP, float] = {}
+        #: Partitions assigned and not yet seeked to their committed offset: since.
+        self._seeking: dict[TP, float] = {}
+        #: Records fetched and handed on, per partition (counted, to see that some come).
+        self._fetched: dict[TP, int] = {}
+        #: (`_next`, committed offset, records fetched) per partition, and since when.
+        self._progress: dict[TP, tuple[tuple[int | None, int | None, int], float]] = {}
         super().__init__(*args, **kwargs)
 
     # --- order ------------------------------------------------------------------------
@@ -121,8 +132,12 @@ class FoldConsumer(Consumer):
         if not self.processed.guarded(tp.topic):
             return True
         expected = self._next.get(tp)
-        if expected is None:  # no seek seen yet: from the committed offset (or the start)
-            expected = self._next[tp] = self._start_of(tp)
+        if expected is None:
+            if tp in self._seeking:
+                # Fetched between a revocation and the seek Faust makes to the committed
+                # offset, which is unknown meanwhile: it comes again after that seek.
+                return False
+            expected = self._next[tp] = self._start_of(tp)  # no seek seen since start
         epoch = self._epoch.get(tp, 0)
         if offset < expected:
             self.processed.mark(message)
@@ -143,6 +158,7 @@ class FoldConsumer(Consumer):
                         offset,
                         first,
                     )
+                    metrics.child(metrics.PARTITION_REPAIRS, "out_of_order").inc()
                     await self.rewind(tp, first)
                 return False
             # Nothing but transaction markers (or deleted records) between: fold it, and
@@ -199,6 +215,7 @@ class FoldConsumer(Consumer):
                     if message.offset != rewind[0]:
                         continue  # fetched before the seek back
                     del self._rewinds[tp]
+                self._fetched[tp] = self._fetched.get(tp, 0) + 1
                 # Faust drops a record read again when its read offset moved past it (a
                 # batch fetched before a seek went on being delivered): `admit()` orders.
                 self._read_offset[tp] = None
@@ -206,16 +223,30 @@ class FoldConsumer(Consumer):
 
     async def perform_seek(self) -> None:
         """Faust seeks every partition to its committed offset (after a rebalance, or when
-        it fetched while stopped): each partition is folded from there again."""
+        it fetched while stopped): each partition is folded from there again. It does not
+        seek one with nothing committed: a partition just assigned is seeked to its log's
+        start here (what `admit()` let go before this seek must come again)."""
         await super().perform_seek()
+        unseeked = []
         for tp in self.assignment():
             if self.processed.guarded(tp.topic):
                 self._forget(tp)
+                if self._seeking.pop(tp, None) is not None and not self._committed_offset.get(tp):
+                    unseeked.append(tp)
                 self._next[tp] = self._start_of(tp)
+        if unseeked:  # offset 0: the log's first record (an offset reset if it starts later)
+            await self.seek_wait({tp: 0 for tp in unseeked})
 
     def _forget(self, tp: TP) -> None:
         self._epoch[tp] = self._epoch.get(tp, 0) + 1
-        for state in (self._next, self._folding, self._looked, self._rewinds, self._unsure):
+        for state in (
+            self._next,
+            self._folding,
+            self._looked,
+            self._rewinds,
+            self._unsure,
+            self._progress,
+        ):
             state.pop(tp, None)
 
     # --- commits ----------------------------------------------------------------------
@@ -261,8 +292,16 @@ class FoldConsumer(Consumer):
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         for tp in revoked:
             self._stalls.pop(tp, None)
+            self._seeking.pop(tp, None)
             self._forget(tp)
         await super().on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        now = time.monotonic()
+        for tp in assigned:
+            if self.processed.guarded(tp.topic) and tp not in self._next:
+                self._seeking[tp] = now
+        await super().on_partitions_assigned(assigned, generation_id)
 
     @Service.task
     async def _repair_stalls(self) -> None:
@@ -297,6 +336,67 @@ class FoldConsumer(Consumer):
                 first = await self._first_record(tp, expected, retry=True)
                 if first is not None:
                     await self.rewind(tp, first)
+        await self._watch_progress(now)
+
+    async def _watch_progress(self, now: float) -> None:
+        """The last resort: a partition that has records to fold and has neither fetched,
+        folded nor committed one for `WATCH_S` is read again from its committed offset,
+        fetching resumed, whatever held it (a seek Faust never made, a partition its flow control
+        left out of the fetch, a rewind lost): logged with what held it, and counted."""
+        if self.app.in_recovery:
+            return
+        if any(now - since >= WATCH_S for since in self._seeking.values()):
+            waiting = sorted(f"{tp.topic}[{tp.partition}]" for tp in self._seeking)
+            log.warning("no seek to the committed offsets since %s were assigned: seeking", waiting)
+            metrics.child(metrics.PARTITION_REPAIRS, "no_seek").inc()
+            await self.perform_seek()
+            return
+        idle = []
+        for tp in self.assignment():
+            if not self.processed.guarded(tp.topic) or tp in self._seeking:
+                continue
+            mark = (self._next.get(tp), self._committed_offset.get(tp), self._fetched.get(tp, 0))
+            seen = self._progress.get(tp)
+            if seen is None or seen[0] != mark:
+                self._progress[tp] = (mark, now)
+            elif now - seen[1] >= WATCH_S and tp not in self._folding:
+                idle.append(tp)
+        if not idle:
+            return
+        ends = await self.highwaters(*idle)
+        for tp in idle:
+            seen = self._progress.get(tp)
+            if seen is None:
+                continue  # seeked or revoked meanwhile
+            self._progress[tp] = (seen[0], time.monotonic())  # looked at once a round
+            committed = self._committed_offset.get(tp) or 0
+            if ends.get(tp, 0) <= committed:
+                continue  # at the end: nothing to fold
+            first = await first_offset_from(self.bootstrap, tp, committed)
+            if first is None or tp not in self.assignment():
+                continue  # nothing but transaction markers, or the log was not readable
+            log.warning(
+                "%s[%d]: no progress for %.0f s with records to fold (committed %d, end %d, "
+                "next to fold %s, fetching %s, flow-controlled %s, rewound to %s, unsure %s): "
+                "reading it again from %d",
+                tp.topic,
+                tp.partition,
+                WATCH_S,
+                committed,
+                ends.get(tp, 0),
+                self._next.get(tp),
+                tp in self._get_active_partitions(),
+                tp in self._buffered_partitions,
+                self._rewinds.get(tp, (None,))[0],
+                tp in self._unsure,
+                first,
+            )
+            metrics.child(metrics.PARTITION_REPAIRS, "no_progress").inc()
+            self._buffered_partitions.discard(tp)
+            self.resume_partitions([tp])
+            self._rewinds.pop(tp, None)
+            self._unsure.pop(tp, None)
+            await self.rewind(tp, first)
 
     async def _repair(self, tp: TP, committed: int) -> None:
         """A partition whose commit waits for a record never processed: look at the log."""
@@ -324,6 +424,7 @@ class FoldConsumer(Consumer):
             committed,
             head,
         )
+        metrics.child(metrics.PARTITION_REPAIRS, "commit_stalled").inc()
         await self.rewind(tp, committed)
 
 
