@@ -377,8 +377,8 @@ class FoldConsumer(Consumer):
                 continue  # nothing but transaction markers, or the log was not readable
             log.warning(
                 "%s[%d]: no progress for %.0f s with records to fold (committed %d, end %d, "
-                "next to fold %s, fetching %s, flow-controlled %s, rewound to %s, unsure %s): "
-                "reading it again from %d",
+                "next to fold %s, fetching %s, flow-controlled %s, rewound to %s, unsure %s; "
+                "aiokafka: %s): reading it again from %d",
                 tp.topic,
                 tp.partition,
                 WATCH_S,
@@ -389,6 +389,7 @@ class FoldConsumer(Consumer):
                 tp in self._buffered_partitions,
                 self._rewinds.get(tp, (None,))[0],
                 tp in self._unsure,
+                self._aiokafka_state(tp),
                 first,
             )
             metrics.child(metrics.PARTITION_REPAIRS, "no_progress").inc()
@@ -397,6 +398,20 @@ class FoldConsumer(Consumer):
             self._rewinds.pop(tp, None)
             self._unsure.pop(tp, None)
             await self.rewind(tp, first)
+
+    def _aiokafka_state(self, tp: TP) -> str:
+        """What aiokafka's fetcher holds for `tp` (read from Faust's consumer thread, for a
+        log line only): its position, pause, reset and buffered batch."""
+        try:
+            consumer = self._thread._consumer
+            state = consumer._subscription.subscription.assignment.state_value(tp)
+            buffered = consumer._fetcher._records.get(tp)
+            return (
+                f"position {state._position}, paused {state.paused}, awaiting reset "
+                f"{state.awaiting_reset}, batch buffered {buffered is not None}"
+            )
+        except Exception as exc:  # internals of a pinned version: a log line must not fail
+            return f"unknown ({exc!r})"
 
     async def _repair(self, tp: TP, committed: int) -> None:
         """A partition whose commit waits for a record never processed: look at the log."""
