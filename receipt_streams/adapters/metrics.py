@@ -133,9 +133,9 @@ FENCED = Counter(
 PARTITION_REPAIRS = Counter(
     "receipt_streams_partition_repairs_total",
     "Input partitions the faust engine read again: a record came after one Faust dropped "
-    "(out_of_order), a commit waited for a record never folded (commit_stalled), a partition "
-    "with records to fold made no progress (no_progress), or no seek followed an assignment "
-    "(no_seek).",
+    "(out_of_order), a commit waited for a record never folded (commit_stalled), Faust "
+    "dropped fetched records as a rebalance began (dropped_fetch), a partition with records "
+    "to fold made no progress (no_progress), or no seek followed an assignment (no_seek).",
     ["reason"],
 )
 PARKED = Counter(

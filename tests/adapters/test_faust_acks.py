@@ -271,6 +271,67 @@ def test_what_was_fetched_before_a_seek_back_is_dropped_until_the_record_comes_a
     assert tp not in consumer._rewinds
 
 
+class Fetch:
+    """Faust's fetch loop handing on only the first `handed` records of a fetched batch
+    (the consumer generation changed meanwhile: it gives up the rest)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, offsets: list[int], handed: int):
+        tp = TP(TOPIC, 0)
+        batch = {tp: [message(o) for o in offsets]}
+
+        async def wait_next_records(self: Consumer, timeout: float) -> Any:
+            return batch, {tp}
+
+        async def getmany(self: Consumer, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
+            records, _ = await self._wait_next_records(timeout)
+            for m in records[tp][:handed]:
+                yield tp, m
+
+        monkeypatch.setattr(Consumer, "_wait_next_records", wait_next_records)
+        monkeypatch.setattr(Consumer, "getmany", getmany)
+
+    @staticmethod
+    def deliver(consumer: FoldConsumer) -> list[int]:
+        async def delivered() -> list[int]:
+            return [m.offset async for _, m in consumer.getmany(1.0)]
+
+        return run(delivered())
+
+
+def test_records_faust_dropped_from_a_fetched_batch_are_read_again(
+    consumer: FoldConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last records of a partition: no later record would show they are missing."""
+    log = Log(monkeypatch, consumer)
+    tp = TP(TOPIC, 0)
+    consumer._committed_offset[tp] = 10
+    assert fold(consumer, 10) == [10]
+    Fetch(monkeypatch, [11, 12, 13], handed=1)
+    assert Fetch.deliver(consumer) == [11]
+    assert fold(consumer, 11) == [11]
+    run(consumer._repair_once())
+    assert log.seeks == [{tp: 12}]
+    assert fold(consumer, 12, 13) == [12, 13]
+
+
+def test_records_dropped_before_a_seek_to_the_committed_offset_are_left_to_it(
+    consumer: FoldConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = Log(monkeypatch, consumer)
+    tp = TP(TOPIC, 0)
+    consumer._committed_offset[tp] = 10
+    Fetch(monkeypatch, [10, 11, 12], handed=1)
+    assert Fetch.deliver(consumer) == [10]
+
+    async def seek_to_committed() -> dict[TP, int]:
+        return {tp: 10}
+
+    monkeypatch.setattr(consumer, "seek_to_committed", seek_to_committed)
+    run(consumer.perform_seek())  # the rebalance's seek: 10 on is read again
+    run(consumer._repair_once())
+    assert not log.seeks
+
+
 def test_a_record_fetched_before_the_seek_after_an_assignment_waits_for_that_seek(
     consumer: FoldConsumer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

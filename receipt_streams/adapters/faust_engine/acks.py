@@ -42,6 +42,14 @@ folded. So, for the fold's inputs:
 - Faust's own "already read" filter (`_read_offset`) is switched off for these partitions
   (it is what dropped the records read again); `admit()` takes its place.
 
+Two more ways Faust loses records, with no later record to show it: its fetch loop gives up
+the rest of a fetched batch when a rebalance begins, after aiokafka moved past it
+(`_note_dropped`: read again unless a seek did); and, as the last resort whatever the cause, a
+partition with records to fold that had none fetched, folded or committed for `WATCH_S` is
+read again from its committed offset (`_watch_progress`, with a warning saying what held it).
+A record fetched between an assignment and Faust's seek after it waits for that seek (the
+committed offset is unknown until then).
+
 That makes the faust engine at least once across rebalances, crashes and broker restarts,
 folding each partition's records in offset order.
 """
@@ -114,6 +122,10 @@ class FoldConsumer(Consumer):
         self._unsure: dict[TP, float] = {}
         #: Partitions assigned and not yet seeked to their committed offset: since.
         self._seeking: dict[TP, float] = {}
+        #: Partitions whose fetched records Faust dropped (`_note_dropped`): the first one.
+        self._dropped: dict[TP, int] = {}
+        #: The records of the last fetch, as Faust's fetch loop got them.
+        self._batch: Any = None
         #: Records fetched and handed on, per partition (counted, to see that some come).
         self._fetched: dict[TP, int] = {}
         #: (`_next`, committed offset, records fetched) per partition, and since when.
@@ -207,9 +219,17 @@ class FoldConsumer(Consumer):
         except Exception as exc:  # `_repair_stalls` seeks again
             log.warning("could not seek %s[%d] to %d: %r", tp.topic, tp.partition, offset, exc)
 
+    async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
+        records, active = await super()._wait_next_records(timeout)
+        self._batch = records
+        return records, active
+
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+        self._batch = None
+        seen: dict[TP, int] = {}
         async for tp, message in super().getmany(timeout):
             if self.processed.guarded(tp.topic):
+                seen[tp] = message.offset
                 rewind = self._rewinds.get(tp)
                 if rewind is not None:
                     if message.offset != rewind[0]:
@@ -220,6 +240,29 @@ class FoldConsumer(Consumer):
                 # batch fetched before a seek went on being delivered): `admit()` orders.
                 self._read_offset[tp] = None
             yield tp, message
+        self._note_dropped(seen)
+
+    def _note_dropped(self, seen: dict[TP, int]) -> None:
+        """Faust's fetch loop gives up the rest of a fetched batch when the consumer
+        generation changes or the flow stops while it hands it on, and drops the records of
+        a partition no longer active: aiokafka has moved past them. A seek to the committed
+        offsets after that reads them again, but one made before it does not, and nothing
+        folds them until a later record shows they are missing (`admit()`): at the end of a
+        partition, never. So each is noted, and `_repair_once` reads its partition again
+        from the first such record unless a seek did meanwhile."""
+        for tp, records in (self._batch or {}).items():
+            if not records or not self.processed.guarded(tp.topic):
+                continue
+            last = seen.get(tp, -1)
+            expected = self._next.get(tp)
+            if expected is None or records[-1].offset <= last:
+                continue  # all handed on; or a seek to come reads them again
+            first = next(
+                (r.offset for r in records if r.offset > last and r.offset >= expected), None
+            )
+            if first is not None:
+                self._dropped[tp] = min(first, self._dropped.get(tp, first))
+        self._batch = None
 
     async def perform_seek(self) -> None:
         """Faust seeks every partition to its committed offset (after a rebalance, or when
@@ -246,6 +289,7 @@ class FoldConsumer(Consumer):
             self._rewinds,
             self._unsure,
             self._progress,
+            self._dropped,
         ):
             state.pop(tp, None)
 
@@ -336,6 +380,19 @@ class FoldConsumer(Consumer):
                 first = await self._first_record(tp, expected, retry=True)
                 if first is not None:
                     await self.rewind(tp, first)
+        for tp, first in list(self._dropped.items()):
+            del self._dropped[tp]
+            expected = self._next.get(tp)
+            if expected is None or expected > first or tp in self._rewinds:
+                continue  # seeked, or read again in order, meanwhile
+            log.info(
+                "%s[%d]: faust dropped @%d on, fetched while a rebalance began: reading again",
+                tp.topic,
+                tp.partition,
+                first,
+            )
+            metrics.child(metrics.PARTITION_REPAIRS, "dropped_fetch").inc()
+            await self.rewind(tp, first)
         await self._watch_progress(now)
 
     async def _watch_progress(self, now: float) -> None:
