@@ -7,8 +7,11 @@ writes follow the input's partition, so a mismatch would scatter a room's state.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -16,6 +19,9 @@ from aiokafka.errors import TopicAlreadyExistsError
 from receipt_streams.config import Settings
 
 log = logging.getLogger(__name__)
+
+#: How long `ensure_topics` waits for topics it created to show in the broker's metadata.
+VISIBLE_S = 30.0
 
 COMPACT = {"cleanup.policy": "compact"}
 HISTORY = {"cleanup.policy": "delete"}  # append-only, by time
@@ -89,7 +95,37 @@ async def ensure_topics(s: Settings) -> list[str]:
                     "all have the same count"
                 )
         if created:
+            await wait_until_visible(admin, [t for t in specs if t.name in created])
             log.info("created topics", extra={"topics": created})
         return created
     finally:
         await admin.close()
+
+
+async def wait_until_visible(
+    admin: Any, specs: list[TopicSpec], timeout_s: float = VISIBLE_S, every_s: float = 0.2
+) -> None:
+    """Wait until every created topic's partitions have a leader in the broker's metadata.
+
+    A broker answers CreateTopics before its metadata shows the topic everywhere (seconds on
+    a loaded one): a Faust worker joining its group then is assigned nothing for the topics
+    it does not see yet ("Ignoring missing topic") and reads nothing until its next metadata
+    refresh, minutes later. Past `timeout_s`, a warning names what is missing."""
+    want = {t.name: t.partitions for t in specs}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        missing = dict(want)
+        for topic in await admin.describe_topics(list(want)):
+            parts = topic.get("partitions") or []
+            led = [p for p in parts if p.get("leader", -1) >= 0]
+            if topic.get("error_code", 0) == 0 and len(led) >= want.get(topic["topic"], 0):
+                missing.pop(topic["topic"], None)
+        if not missing:
+            return
+        if time.monotonic() >= deadline:
+            log.warning(
+                "created topics not in the broker's metadata yet; going on",
+                extra={"topics": sorted(missing), "waited_s": timeout_s},
+            )
+            return
+        await asyncio.sleep(every_s)

@@ -122,6 +122,8 @@ class FoldConsumer(Consumer):
         self._unsure: dict[TP, float] = {}
         #: Partitions assigned and not yet seeked to their committed offset: since.
         self._seeking: dict[TP, float] = {}
+        #: Of those, the ones with a record let go meanwhile (`admit()`).
+        self._let_go: set[TP] = set()
         #: Partitions whose fetched records Faust dropped (`_note_dropped`): the first one.
         self._dropped: dict[TP, int] = {}
         #: The records of the last fetch, as Faust's fetch loop got them.
@@ -148,6 +150,7 @@ class FoldConsumer(Consumer):
             if tp in self._seeking:
                 # Fetched between a revocation and the seek Faust makes to the committed
                 # offset, which is unknown meanwhile: it comes again after that seek.
+                self._let_go.add(tp)
                 return False
             expected = self._next[tp] = self._start_of(tp)  # no seek seen since start
         epoch = self._epoch.get(tp, 0)
@@ -267,14 +270,17 @@ class FoldConsumer(Consumer):
     async def perform_seek(self) -> None:
         """Faust seeks every partition to its committed offset (after a rebalance, or when
         it fetched while stopped): each partition is folded from there again. It does not
-        seek one with nothing committed: a partition just assigned is seeked to its log's
-        start here (what `admit()` let go before this seek must come again)."""
+        seek one with nothing committed: one just assigned whose records `admit()` let go
+        before this seek is seeked to its log's start here, so that they come again."""
         await super().perform_seek()
         unseeked = []
         for tp in self.assignment():
             if self.processed.guarded(tp.topic):
                 self._forget(tp)
-                if self._seeking.pop(tp, None) is not None and not self._committed_offset.get(tp):
+                let_go = tp in self._let_go and self._seeking.get(tp) is not None
+                self._let_go.discard(tp)
+                self._seeking.pop(tp, None)
+                if let_go and not self._committed_offset.get(tp):
                     unseeked.append(tp)
                 self._next[tp] = self._start_of(tp)
         if unseeked:  # offset 0: the log's first record (an offset reset if it starts later)
@@ -337,6 +343,7 @@ class FoldConsumer(Consumer):
         for tp in revoked:
             self._stalls.pop(tp, None)
             self._seeking.pop(tp, None)
+            self._let_go.discard(tp)
             self._forget(tp)
         await super().on_partitions_revoked(revoked)
 
