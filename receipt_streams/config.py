@@ -103,7 +103,11 @@ class Settings(BaseSettings):
         "co-partitioned topics must all have it.",
     )
     replication_factor: int = Field(1, ge=1)
-    create_topics: bool = Field(True, description="Create missing topics at start.")
+    create_topics: bool = Field(
+        True,
+        description="Create missing topics at start, then wait until the broker's metadata "
+        "shows them.",
+    )
 
     engine: Literal["batch", "faust"] = Field(
         "batch",
