@@ -6,6 +6,7 @@ seeked through stand-ins, which is what these tests drive)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -457,6 +458,28 @@ def test_an_assignment_no_seek_followed_is_seeked_to_the_committed_offsets(
     idle.watch(consumer, 1)
     assert tp not in consumer._seeking
     assert fold(consumer, 50) == [50]
+
+
+def test_a_record_seeked_back_to_is_waited_for_longer_each_time_it_does_not_come(
+    consumer: FoldConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each seek drops what was fetched: seeking again before a busy fetch loop took the
+    batch would never let the record through. A commit stalled on it does not seek too."""
+    clock = Idle(monkeypatch, consumer, end=10)  # at its end: the last resort stays out
+    tp = TP(TOPIC, 0)
+    consumer._committed_offset[tp] = 10
+    consumer._next[tp] = 10
+    consumer._stalls[tp] = (10, clock.now - acks.STALL_S)  # the commit waits for 10, too
+    run(consumer.rewind(tp, 10))
+    seeks = []
+    for _ in range(60):  # a minute, looked at every second
+        clock.now += 1
+        run(consumer._repair_once())
+        seeks.append(len(clock.log.seeks))
+    gaps = [b - a for a, b in itertools.pairwise(seeks)]
+    times = [i for i, g in enumerate(gaps, 1) if g]
+    assert [b - a for a, b in itertools.pairwise(times)] == [8, 16, 30]  # 4 s, doubled, capped
+    assert max(gaps) == 1  # one seek at a time, the stall repair adds none
 
 
 # --- flush -------------------------------------------------------------------------------

@@ -79,6 +79,9 @@ STALL_S = 2.0
 #: A partition with records to fold that has neither folded nor committed one for this long
 #: is read again from its committed offset (whatever held it: see `_watch_progress`).
 WATCH_S = 10.0
+#: The longest wait for a record a partition was seeked back to before seeking again (the
+#: wait doubles from 2 * STALL_S for each seek to the same record).
+REWIND_WAIT_MAX_S = 30.0
 
 
 class Processed:
@@ -115,9 +118,10 @@ class FoldConsumer(Consumer):
         self._folding: dict[TP, tuple[int, int]] = {}
         #: What the log holds from `_next`: (`_next`, offset of the first record there).
         self._looked: dict[TP, tuple[int, int]] = {}
-        #: Partitions seeked back: (offset they were seeked to, since). Until that record
-        #: is fetched again, what is fetched for them was fetched before the seek: dropped.
-        self._rewinds: dict[TP, tuple[int, float]] = {}
+        #: Partitions seeked back: (offset they were seeked to, since, how long to wait for
+        #: it before seeking again). Until that record is fetched again, what is fetched for
+        #: them was fetched before the seek: dropped.
+        self._rewinds: dict[TP, tuple[int, float, float]] = {}
         #: Partitions with a record after `_next` whose log could not be looked at: since.
         self._unsure: dict[TP, float] = {}
         #: Partitions assigned and not yet seeked to their committed offset: since.
@@ -215,7 +219,11 @@ class FoldConsumer(Consumer):
         """Read `tp` again from `offset` (a record's offset), dropping what was fetched."""
         if tp not in self.assignment():
             return  # revoked meanwhile: read from its committed offset by its next owner
-        self._rewinds[tp] = (offset, time.monotonic())
+        # Each seek drops the batch fetched for the partition: seeking again for the same
+        # record before a busy fetch loop took the last batch would never let it through.
+        before = self._rewinds.get(tp)
+        wait = min(2 * before[2], REWIND_WAIT_MAX_S) if before and before[0] == offset else 0
+        self._rewinds[tp] = (offset, time.monotonic(), wait or 2 * STALL_S)
         self._unsure.pop(tp, None)
         try:
             await self.seek_wait({tp: offset})
@@ -369,11 +377,13 @@ class FoldConsumer(Consumer):
         """Stalled commits, rewinds whose record did not come, logs that could not be read."""
         now = time.monotonic()
         for tp, (base, since) in list(self._stalls.items()):
+            if tp in self._rewinds:
+                continue  # being read again already (seeked again below if it does not come)
             if now - since >= STALL_S and (self._committed_offset.get(tp) or 0) == base:
                 await self._repair(tp, base)
                 self._stalls[tp] = (base, time.monotonic())
-        for tp, (offset, since) in list(self._rewinds.items()):
-            if now - since >= 2 * STALL_S and self._rewinds.get(tp) == (offset, since):
+        for tp, (offset, since, wait) in list(self._rewinds.items()):
+            if now - since >= wait and self._rewinds.get(tp) == (offset, since, wait):
                 log.warning(
                     "%s[%d]: @%d not fetched again yet: seeking again",
                     tp.topic,
