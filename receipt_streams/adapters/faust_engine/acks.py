@@ -76,8 +76,8 @@ from receipt_streams.adapters import metrics
 log = logging.getLogger(__name__)
 
 STALL_S = 2.0
-#: A partition with records to fold that has neither folded nor committed one for this long
-#: is read again from its committed offset (whatever held it: see `_watch_progress`).
+#: A partition with records to fold that has had none fetched, folded or committed for this
+#: long is read again from its committed offset (whatever held it: see `_watch_progress`).
 WATCH_S = 10.0
 #: The longest wait for a record a partition was seeked back to before seeking again (the
 #: wait doubles from 2 * STALL_S for each seek to the same record).
@@ -292,7 +292,10 @@ class FoldConsumer(Consumer):
                     unseeked.append(tp)
                 self._next[tp] = self._start_of(tp)
         if unseeked:  # offset 0: the log's first record (an offset reset if it starts later)
-            await self.seek_wait({tp: 0 for tp in unseeked})
+            try:
+                await self.seek_wait({tp: 0 for tp in unseeked})
+            except Exception as exc:  # `_watch_progress` reads them again
+                log.warning("could not seek %s to their start: %r", sorted(unseeked), exc)
 
     def _forget(self, tp: TP) -> None:
         self._epoch[tp] = self._epoch.get(tp, 0) + 1
@@ -434,7 +437,9 @@ class FoldConsumer(Consumer):
             if seen is None or seen[0] != mark:
                 self._progress[tp] = (mark, now)
             elif now - seen[1] >= WATCH_S and tp not in self._folding:
-                idle.append(tp)
+                rewind = self._rewinds.get(tp)
+                if rewind is None or now - rewind[1] >= WATCH_S:  # else its own wait is on
+                    idle.append(tp)
         if not idle:
             return
         ends = await self.highwaters(*idle)
@@ -469,7 +474,6 @@ class FoldConsumer(Consumer):
             metrics.child(metrics.PARTITION_REPAIRS, "no_progress").inc()
             self._buffered_partitions.discard(tp)
             self.resume_partitions([tp])
-            self._rewinds.pop(tp, None)
             self._unsure.pop(tp, None)
             await self.rewind(tp, first)
 
