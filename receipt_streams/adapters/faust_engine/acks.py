@@ -126,7 +126,7 @@ class FoldConsumer(Consumer):
         self._unsure: dict[TP, float] = {}
         #: Partitions assigned and not yet seeked to their committed offset: since.
         self._seeking: dict[TP, float] = {}
-        #: Of those, the ones with a record let go meanwhile (`admit()`).
+        #: Of those, the ones with a record let go meanwhile (`admit()`; cleared with them).
         self._let_go: set[TP] = set()
         #: Partitions whose fetched records Faust dropped (`_note_dropped`): the first one.
         self._dropped: dict[TP, int] = {}
@@ -285,11 +285,10 @@ class FoldConsumer(Consumer):
         for tp in self.assignment():
             if self.processed.guarded(tp.topic):
                 self._forget(tp)
-                let_go = tp in self._let_go and self._seeking.get(tp) is not None
-                self._let_go.discard(tp)
                 self._seeking.pop(tp, None)
-                if let_go and not self._committed_offset.get(tp):
+                if tp in self._let_go and not self._committed_offset.get(tp):
                     unseeked.append(tp)
+                self._let_go.discard(tp)
                 self._next[tp] = self._start_of(tp)
         if unseeked:  # offset 0: the log's first record (an offset reset if it starts later)
             try:
