@@ -110,6 +110,7 @@ class RoomRequest:
     timeline: tuple[str, ...] = ()
     status: Sent | None = None
     timeline_limit: int | None = None
+    own: Changes | None = None  # the user's own receipts in the room, when already read
 
 
 @dataclass
@@ -154,7 +155,8 @@ def answer(
         if since is None or req.initial or sent is None:
             cases[room_id] = INITIAL
             on_timeline = view.receipts_on_events(room_id, req.timeline)
-            changes = on_timeline + view.user_receipts(room_id, user_id) + changes
+            own = req.own if req.own is not None else view.user_receipts(room_id, user_id)
+            changes = on_timeline + own + changes
         event = receipt_event(room_id, user_id, changes)
         if event is not None:
             receipts[room_id] = event

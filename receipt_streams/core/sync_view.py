@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import base64
 import bisect
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from receipt_streams.core.deltas import seen_by
 from receipt_streams.core.receipts import Receipt, ReceiptKey
@@ -56,6 +56,14 @@ class Token:
 Changes = list[tuple[ReceiptKey, Receipt]]
 
 
+class UserRoom(NamedTuple):
+    """What the client form of sliding sync reads of a room for its user first."""
+
+    membership: str | None
+    newest_events: list[str]  # at most the limit asked, oldest first
+    own: Changes  # the user's own receipts in the room (every type, every thread)
+
+
 class ReceiptsView(Protocol):
     """The queries `/sync` and the sliding-sync receipts extension ask of the API's view of
     the changelogs; the in-memory `SyncIndex` and the on-disk store both answer them. Every
@@ -94,6 +102,11 @@ class ReceiptsView(Protocol):
 
     def latest_events(self, room_id: str, limit: int) -> list[str]:
         """The room's newest events known (at most `limit`), oldest first."""
+        ...
+
+    def user_rooms(self, user_id: str, room_ids: Sequence[str], newest: int) -> list[UserRoom]:
+        """Per room: `membership`, `latest_events(room, newest)` and `user_receipts`, read
+        together."""
         ...
 
     def sync(self, user_id: str, since: Token | None) -> dict[str, Any]: ...
@@ -252,6 +265,16 @@ class SyncIndex:
 
     def member_entry(self, room_id: str, user_id: str) -> tuple[str, int, int] | None:
         return self.memberships.get(user_id, {}).get(room_id)
+
+    def user_rooms(self, user_id: str, room_ids: Sequence[str], newest: int) -> list[UserRoom]:
+        return [
+            UserRoom(
+                self.membership(r, user_id),
+                self.latest_events(r, newest),
+                self.user_receipts(r, user_id),
+            )
+            for r in room_ids
+        ]
 
     def sync(self, user_id: str, since: Token | None) -> dict[str, Any]:
         return sync_rooms(self, user_id, since)

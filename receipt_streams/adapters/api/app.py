@@ -263,6 +263,8 @@ class Api:
         if request.content_length is not None and request.content_length > limit:
             raise ApiError(413, "M_TOO_LARGE", f"Request body over {limit} bytes")
         try:
+            if request.content.is_eof():  # all of it arrived with the headers: no wait to bound
+                return await request.read()
             async with asyncio.timeout(BODY_TIMEOUT_S):
                 return await request.read()
         except TimeoutError:
@@ -469,18 +471,24 @@ class Api:
         cap = self.s.sliding_sync_timeline_events
         while True:
             index = self.feed.index
+            asked = [
+                (room_id, limit)
+                for room_id, limit in (req.subscriptions.items() if enabled else ())
+                if req.rooms is None or room_id in req.rooms
+            ]
+            newest = max((min(limit, cap) for _, limit in asked), default=0)
+            heads = index.user_rooms(user, [room_id for room_id, _ in asked], newest)
             rooms: dict[str, RoomRequest] = {}
-            for room_id, limit in req.subscriptions.items() if enabled else ():
-                if req.rooms is not None and room_id not in req.rooms:
-                    continue
-                if index.membership(room_id, user) != "join":
+            for (room_id, limit), head in zip(asked, heads, strict=True):
+                if head.membership != "join":
                     continue  # never another room's receipts
                 sent = state.rooms.get(room_id)
                 before = sent.timeline_limit if sent is not None else None
                 expanded = before is not None and limit > before
                 fresh = sent is None or expanded or state.token is None
-                timeline = tuple(index.latest_events(room_id, min(limit, cap))) if fresh else ()
-                rooms[room_id] = RoomRequest(expanded, timeline, None, limit)
+                shown = min(limit, cap) if fresh else 0
+                timeline = tuple(head.newest_events[-shown:]) if shown > 0 else ()
+                rooms[room_id] = RoomRequest(expanded, timeline, None, limit, head.own)
             ans = answer(index, user, state, rooms)
             if ans.receipts or pos is None or time.monotonic() >= deadline:
                 break

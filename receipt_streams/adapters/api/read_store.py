@@ -8,7 +8,8 @@ One database, its keys led by a letter (IDs never hold a NUL, so NUL ends each p
     S key                       -> partition, offset, receipt (the slot; key as on the changelog)
     P room \\0 partition offset  -> key length, key, receipt   (by room and position)
     E room \\0 event \\0 key      -> partition, offset, receipt (by event: the receipt is on it)
-    U room \\0 user \\0 key       -> partition, offset, receipt (by user)
+    U room \\0 user             -> [[partition, offset, type, thread, receipt], ...]
+                                   (by user: all of the user's receipts in the room, one read)
     L room                      -> partition, offset    (the room's last write)
     M user \\0 room              -> partition, offset, membership
     V room                      -> [[stream_pos, event_id], ...] (the room's newest events)
@@ -21,7 +22,10 @@ batches), so an answer is exactly as of `token()`.
 
 The indexes carry the receipt itself, not only the key: a query is one range scan, not a scan
 and then a point read per key (a `/sync` or sliding-sync answer spent most of its time in
-those reads). A receipt is small; the three copies cost disk, not memory.
+those reads). A receipt is small; the three copies cost disk, not memory. A user's receipts in
+a room are few (a type and thread each), so they are one value: a sliding-sync answer reads
+them, the membership and the newest events of all its rooms in one multi-get, where a range
+scan (a seek) per room cost more than the rest of the answer.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import logging
 import shutil
 import struct
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +45,7 @@ from rocksdict import WriteBatch
 from receipt_streams.adapters.api.room_answers import RoomAnswers
 from receipt_streams.adapters.engine.stores import RocksMemory, open_rdict
 from receipt_streams.core.receipts import Receipt, ReceiptKey
-from receipt_streams.core.sync_view import Changes, Token, sync_rooms
+from receipt_streams.core.sync_view import Changes, Token, UserRoom, sync_rooms
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +55,7 @@ _NEXT = struct.Struct(">Q")
 # receipts_on_events: entries stepped over before seeking instead.
 _STEPS_BEFORE_SEEK = 16
 # The key layout above; a copy written with another is rebuilt.
-LAYOUT = 2
+LAYOUT = 3
 _META = b"#meta"
 _WRITTEN = b"#written"  # wall-clock ms of the last batch
 _UNSET = object()
@@ -59,6 +63,17 @@ _UNSET = object()
 
 def _room(prefix: bytes, room_id: str) -> bytes:
     return prefix + room_id.encode() + b"\0"
+
+
+def _receipt(d: dict[str, Any]) -> Receipt:
+    return Receipt(d["event_id"], d.get("stream_pos"), d["ts"], d["data"])
+
+
+def _newest(raw: bytes | None, limit: int) -> list[str]:
+    """The newest `limit` event IDs of a `V` value, oldest first."""
+    if raw is None or limit <= 0:
+        return []
+    return [e for _, e in orjson.loads(raw)[-limit:]]
 
 
 def _walk(it: Any, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
@@ -176,12 +191,12 @@ class DiskView:
             old_event = orjson.loads(old[_POS.size :])["event_id"]
             self._delete(b"P" + room + _POS.pack(old_p, old_offset))
             self._delete(b"E" + room + old_event.encode() + b"\0" + raw_key)
-        user_key = b"U" + room + key.user_id.encode() + b"\0" + raw_key
+        user_key = b"U" + room + key.user_id.encode()
         self._put(b"L" + key.room_id.encode(), _POS.pack(partition, offset))
         self._written_rooms.add(key.room_id)
+        self._put_own(user_key, key, partition, offset, value)
         if value is None:
             self._delete(b"S" + raw_key)
-            self._delete(user_key)
         else:
             position = _POS.pack(partition, offset)
             encoded = value.encode()
@@ -189,8 +204,21 @@ class DiskView:
             self._put(b"S" + raw_key, slot)
             self._put(b"P" + room + position, _KEY_LEN.pack(len(raw_key)) + raw_key + encoded)
             self._put(b"E" + room + value.event_id.encode() + b"\0" + raw_key, slot)
-            self._put(user_key, slot)
         self._r_next[partition] = max(self._r_next[partition], offset + 1)
+
+    def _put_own(
+        self, user_key: bytes, key: ReceiptKey, partition: int, offset: int, value: Receipt | None
+    ) -> None:
+        """The user's entry for this type and thread in the room's `U` value, replaced."""
+        raw = self._get(user_key)
+        own = orjson.loads(raw) if raw is not None else []
+        own = [e for e in own if e[2] != key.receipt_type or e[3] != key.thread_id]
+        if value is not None:
+            own.append([partition, offset, key.receipt_type, key.thread_id, value._asdict()])
+        if own:
+            self._put(user_key, orjson.dumps(own))
+        else:
+            self._delete(user_key)
 
     def apply_membership(
         self, partition: int, offset: int, room_id: str, user_id: str, membership: str | None
@@ -286,9 +314,23 @@ class DiskView:
 
     @staticmethod
     def _in_order(found: list[tuple[bytes, bytes]]) -> Changes:
-        """Slots from (key, slot value) pairs of the `E` and `U` indexes, in changelog order."""
+        """Slots from (key, slot value) pairs of the `E` index, in changelog order; decoded
+        as one JSON array (a decode per key and per receipt cost more than the rest)."""
         found.sort(key=lambda kv: kv[1][: _POS.size])
-        return [(ReceiptKey.decode(k), Receipt.decode(v[_POS.size :])) for k, v in found]
+        parts = [x for k, v in found for x in (k, v[_POS.size :])]
+        flat = orjson.loads(b"[" + b",".join(parts) + b"]")
+        pairs = iter(flat)
+        return [(ReceiptKey(*k), _receipt(r)) for k, r in zip(pairs, pairs, strict=True)]
+
+    @staticmethod
+    def _own(room_id: str, user_id: str, raw: bytes | None) -> Changes:
+        """A user's receipts in a room from its `U` value, in changelog order."""
+        if raw is None:
+            return []
+        return [
+            (ReceiptKey(room_id, user_id, rtype, thread), _receipt(r))
+            for _, _, rtype, thread, r in sorted(orjson.loads(raw), key=lambda e: (e[0], e[1]))
+        ]
 
     def member_entry(self, room_id: str, user_id: str) -> tuple[str, int, int] | None:
         raw = self.db.get(b"M" + user_id.encode() + b"\0" + room_id.encode())
@@ -369,14 +411,31 @@ class DiskView:
         return self._in_order(found)
 
     def user_receipts(self, room_id: str, user_id: str) -> Changes:
-        prefix = _room(b"U", room_id) + user_id.encode() + b"\0"
-        return self._in_order([(k[len(prefix) :], v) for k, v in self._scan(prefix)])
+        return self._own(room_id, user_id, self.db.get(_room(b"U", room_id) + user_id.encode()))
 
     def latest_events(self, room_id: str, limit: int) -> list[str]:
-        raw = self.db.get(b"V" + room_id.encode())
-        if raw is None or limit <= 0:
-            return []
-        return [e for _, e in orjson.loads(raw)[-limit:]]
+        return _newest(self.db.get(b"V" + room_id.encode()), limit)
+
+    def user_rooms(self, user_id: str, room_ids: Sequence[str], newest: int) -> list[UserRoom]:
+        """One multi-get for every room: point reads are spared by bloom filters and cost
+        one call, where a query per room cost a call (and a seek) each."""
+        user = user_id.encode()
+        keys = []
+        for room_id in room_ids:
+            room = room_id.encode()
+            keys += [b"M" + user + b"\0" + room, b"V" + room, b"U" + room + b"\0" + user]
+        values = self.db.get(keys) if keys else []
+        out = []
+        for i, room_id in enumerate(room_ids):
+            member, events, own = values[3 * i : 3 * i + 3]
+            out.append(
+                UserRoom(
+                    member[_POS.size :].decode() if member is not None else None,
+                    _newest(events, newest),
+                    self._own(room_id, user_id, own),
+                )
+            )
+        return out
 
     def sync(self, user_id: str, since: Token | None) -> dict[str, Any]:
         return sync_rooms(self, user_id, since)

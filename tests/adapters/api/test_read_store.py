@@ -96,6 +96,8 @@ def same_answers(memory: SyncIndex, disk: DiskView, tokens: list[Token]) -> None
         assert disk.rooms_changed_since(ROOMS, token) == memory.rooms_changed_since(ROOMS, token)
     for user in USERS:
         assert disk.joined_rooms(user) == memory.joined_rooms(user)
+        for rooms, newest in ((ROOMS, 2), (ROOMS[1:], 0), ((), 3), (ROOMS[:1] * 2, 3)):
+            assert disk.user_rooms(user, rooms, newest) == memory.user_rooms(user, rooms, newest)
         for token in [None, *tokens]:
             assert disk.sync(user, token) == memory.sync(user, token)
 
