@@ -141,6 +141,14 @@ def machine_busy_seconds() -> tuple[float, float]:
     return (sum(fields) - idle) / tick, sum(fields) / tick
 
 
+def machine_steal_seconds() -> float:
+    """CPU seconds since boot, all cores, that a virtual machine's cores were ready to run
+    and the hypervisor ran something else (`steal` in /proc/stat): counted as busy above, but
+    no process of ours ran in them."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    return int(fields[7]) / os.sysconf("SC_CLK_TCK") if len(fields) > 7 else 0.0
+
+
 class WorkerProcess:
     def __init__(self, settings: Settings, log_path: Path, command: str = "worker") -> None:
         self.settings = settings

@@ -80,6 +80,8 @@ async def test_readside_end_to_end(kafka_bootstrap: str, tmp_path: Path) -> None
         assert not math.isnan(r[f"{name}_p99_ms"])
         # What the load cost: the API's share of a core, within the machine's.
         assert 0 < r[f"{name}_cpu_api"] <= r[f"{name}_cpu_machine"] <= 2.05, r
+        # The hypervisor's steal, part of the machine's busy time (0 on bare metal).
+        assert 0 <= r[f"{name}_cpu_steal"] <= r[f"{name}_cpu_machine"], r
         # What it read from storage: counted (a process's own /proc/<pid>/io), never negative.
         assert r[f"{name}_disk_read_mb"] >= 0, r
         # The answers carry receipts: incremental /sync finds the tail, sliding sync the
