@@ -24,8 +24,8 @@ The indexes carry the receipt itself, not only the key: a query is one range sca
 and then a point read per key (a `/sync` or sliding-sync answer spent most of its time in
 those reads). A receipt is small; the three copies cost disk, not memory. A user's receipts in
 a room are few (a type and thread each), so they are one value: a sliding-sync answer reads
-them, the membership and the newest events of all its rooms in one multi-get, where a range
-scan (a seek) per room cost more than the rest of the answer.
+them, the membership and the newest events of all its rooms in one multi-get, where they
+cost a range scan (a seek) and two point reads per room.
 """
 
 from __future__ import annotations
@@ -427,8 +427,8 @@ class DiskView:
         return _newest(self.db.get(b"V" + room_id.encode()), limit)
 
     def user_rooms(self, user_id: str, room_ids: Sequence[str], newest: int) -> list[UserRoom]:
-        """One multi-get for every room: point reads are spared by bloom filters and cost
-        one call, where a query per room cost a call (and a seek) each."""
+        """One multi-get for every room: one call into RocksDB, where a query per room cost
+        a call each (and the user's receipts a seek)."""
         user = user_id.encode()
         keys = []
         for room_id in room_ids:
