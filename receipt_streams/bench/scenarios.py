@@ -41,6 +41,7 @@ from receipt_streams.bench.process import (
     cpu_seconds,
     free_port,
     machine_busy_seconds,
+    machine_steal_seconds,
     worker_settings,
 )
 from receipt_streams.bench.workload import Workload, WorkloadSpec
@@ -488,6 +489,7 @@ def _cpu_snapshot(d: ApiDeployment) -> dict[str, float]:
         "api": d.api.cpu_seconds(),
         "bench": cpu_seconds(os.getpid()),
         "machine": busy,
+        "steal": machine_steal_seconds(),  # part of `machine`: the hypervisor ran others
         "wall": total / (os.cpu_count() or 1),
     }
 

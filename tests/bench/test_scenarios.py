@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from receipt_streams.bench.process import cpu_seconds, machine_busy_seconds
+from receipt_streams.bench.process import cpu_seconds, machine_busy_seconds, machine_steal_seconds
 from receipt_streams.bench.scenarios import _cpu_used, _latency_stages
 
 
@@ -51,6 +51,7 @@ def test_cpu_seconds_of_this_process_and_the_machine() -> None:
     assert cpu_seconds(os.getpid()) > mine
     busy, total = machine_busy_seconds()
     assert 0 < busy <= total
+    assert 0 <= machine_steal_seconds() <= busy  # steal is counted in busy
 
 
 def test_free_port_never_hands_out_a_port_twice() -> None:
