@@ -153,9 +153,9 @@ class DiskView:
 
     def _options(self) -> Options:
         """The process's RocksDB options, with no bloom filter in the last level (where
-        about nine tenths of the data is): the view's point reads are of keys that exist,
-        and its range scans use no filter, so those filters only took the block cache from
-        index and data blocks."""
+        most of the data is): the view's point reads are of keys that exist, and its range
+        scans use no filter, so those filters could only compete with index and data blocks
+        for the block cache."""
         options = self.memory.options()
         options.set_optimize_filters_for_hits(True)
         return options
