@@ -45,7 +45,11 @@ class Receipt(NamedTuple):
 
     @classmethod
     def decode(cls, raw: bytes) -> Receipt:
-        d = orjson.loads(raw)
+        return cls.from_dict(orjson.loads(raw))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Receipt:
+        """From the object `encode` writes, already parsed (e.g. inside a larger array)."""
         return cls(d["event_id"], d.get("stream_pos"), d["ts"], d["data"])
 
 

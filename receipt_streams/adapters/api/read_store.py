@@ -67,10 +67,6 @@ def _room(prefix: bytes, room_id: str) -> bytes:
     return prefix + room_id.encode() + b"\0"
 
 
-def _receipt(d: dict[str, Any]) -> Receipt:
-    return Receipt(d["event_id"], d.get("stream_pos"), d["ts"], d["data"])
-
-
 def _newest(raw: bytes | None, limit: int) -> list[str]:
     """The newest `limit` event IDs of a `V` value, oldest first."""
     if raw is None or limit <= 0:
@@ -330,7 +326,8 @@ class DiskView:
         found.sort(key=_SLOT)  # by the position that leads the slot (positions are unique)
         parts = [x for k, v in found for x in (k, v[_POS.size :])]
         flat = orjson.loads(b"[" + b",".join(parts) + b"]")
-        return list(zip(map(ReceiptKey._make, flat[0::2]), map(_receipt, flat[1::2]), strict=True))
+        keys, receipts = flat[0::2], flat[1::2]
+        return list(zip(map(ReceiptKey._make, keys), map(Receipt.from_dict, receipts), strict=True))
 
     @staticmethod
     def _own(room_id: str, user_id: str, raw: bytes | None) -> Changes:
@@ -338,7 +335,7 @@ class DiskView:
         if raw is None:
             return []
         return [
-            (ReceiptKey(room_id, user_id, rtype, thread), _receipt(r))
+            (ReceiptKey(room_id, user_id, rtype, thread), Receipt.from_dict(r))
             for _, _, rtype, thread, r in sorted(orjson.loads(raw), key=lambda e: (e[0], e[1]))
         ]
 
