@@ -16,8 +16,11 @@ from receipt_streams.entrypoints.running import run_command, run_until_stopped
 async def serve(s: Settings) -> None:
     feed = SyncFeed(s)
     feed.open()  # a data dir another process holds stops the start here
-    api = Api(s, feed, verifier_for(s), ready=lambda: True)
-    await run_until_stopped(s, api, [feed.run_forever()], "API")
+    try:
+        api = Api(s, feed, verifier_for(s), ready=lambda: True)
+        await run_until_stopped(s, api, [feed.run_forever()], "API")
+    finally:
+        feed.close()
 
 
 def run_api(s: Settings) -> int:

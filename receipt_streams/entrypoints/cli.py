@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import sys
 
 from receipt_streams.config import Settings
@@ -200,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A crash in native code (RocksDB, a C extension) then leaves the Python stacks of every
+    # thread in the log, not only the exit status.
+    if not faulthandler.is_enabled():
+        faulthandler.enable()
     args = build_parser().parse_args(argv)
     return args.func(args)
 

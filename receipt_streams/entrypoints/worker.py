@@ -59,7 +59,10 @@ async def serve(s: Settings) -> None:
         loops += [DeltaRelay(s).run_forever(), EduRelay(s).run_forever()]
     if s.serve_api:
         loops.append(feed.run_forever())
-    await run_until_stopped(s, api, loops, "worker")
+    try:
+        await run_until_stopped(s, api, loops, "worker")
+    finally:
+        feed.close()
 
 
 def run_faust_worker(s: Settings, config: dict[str, object]) -> int:

@@ -29,3 +29,19 @@ def test_console_script_is_installed() -> None:
     exe = Path(sys.executable).parent / "receipt-streams"
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True)
     assert "worker" in out.stdout and "RECEIPT_STREAMS_" in out.stdout
+
+
+def test_a_crash_in_native_code_leaves_the_python_stack_on_stderr() -> None:
+    """A command that dies of SIGSEGV (RocksDB, a C extension) says where it was."""
+    crash = (
+        "import ctypes, types\n"
+        "from receipt_streams.entrypoints import cli\n"
+        "def crash_in_native_code(args):\n"
+        "    ctypes.string_at(0)\n"
+        "args = types.SimpleNamespace(func=crash_in_native_code)\n"
+        "cli.build_parser = lambda: types.SimpleNamespace(parse_args=lambda argv: args)\n"
+        "cli.main([])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", crash], capture_output=True, text=True, timeout=60)
+    assert out.returncode == -11
+    assert "Segmentation fault" in out.stderr and "crash_in_native_code" in out.stderr

@@ -48,6 +48,18 @@ class SyncFeed:
         if self.s.read_store == "rocksdb" and not isinstance(self.index, DiskView):
             self.index = self._open_disk()
 
+    def close(self) -> None:
+        """Close the on-disk view once nothing reads it (after the feed and the HTTP server
+        stopped). Without this the view lives until the interpreter exits, and RocksDB's
+        background work may still run while the process tears down."""
+        if isinstance(self.index, DiskView) and not self.index.closed:
+            self.index.close()
+            token = self.index.token()
+            log.info(
+                "read store closed",
+                extra={"receipts": sum(token.receipts), "state": sum(token.members)},
+            )
+
     def _open_disk(self) -> DiskView:
         s = self.s
         return DiskView(

@@ -194,11 +194,14 @@ def create_app(s: Settings) -> faust.App:
     @app.task
     async def serve_api() -> None:
         """The HTTP API (or, with serve_api off, only health, readiness and metrics)."""
-        async with serving(api, s):
-            if s.serve_api:
-                await feed.run_forever()
-            else:
-                await asyncio.Event().wait()
+        try:
+            async with serving(api, s):
+                if s.serve_api:
+                    await feed.run_forever()
+                else:
+                    await asyncio.Event().wait()
+        finally:
+            feed.close()  # the server has stopped: nothing reads the view any more
 
     return app
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -175,10 +176,21 @@ def test_a_copy_for_other_changelogs_or_too_old_is_rebuilt(tmp_path: Path) -> No
     layout.close()
 
 
+def within(memory: RocksMemory, bound: int) -> None:
+    """RocksDB's memory is under `bound`, or back under it within 5 s; never over 1.5 x."""
+    deadline = time.monotonic() + 5
+    while (used := memory.usage()) > bound:
+        assert used <= bound * 3 // 2, f"{used} bytes: far over the bound {bound}"
+        assert time.monotonic() < deadline, f"{used} bytes: over the bound {bound} for 5 s"
+        time.sleep(0.01)
+
+
 def test_memory_stays_within_its_bound_whatever_the_key_count(tmp_path: Path) -> None:
     """RocksDB's memory (block cache and memtables) is charged to one bounded cache (a
     memtable may pass it briefly before its flush, as the tables' stores do); Python keeps
-    nothing per key once a batch is written."""
+    nothing per key once a batch is written. The flush runs in RocksDB's background thread:
+    on a busy machine a batch may be written before it has, so the bound is checked once the
+    flush had its chance (a hard ceiling holds at every instant)."""
     memory = RocksMemory(4 * 2**20, 256 * 2**10)
     view = DiskView(tmp_path / "v", 1, 1, 3, memory)
     bound = memory.total_bytes * 5 // 4
@@ -192,7 +204,7 @@ def test_memory_stays_within_its_bound_whatever_the_key_count(tmp_path: Path) ->
                 view.apply_receipt(0, offset, k, Receipt(f"$e{n}", n, n, {"ts": n}))
                 offset += 1
             view.commit()
-            assert memory.usage() <= bound
+            within(memory, bound)
             if batch == 1:
                 start = tracemalloc.get_traced_memory()[0]
         grown = tracemalloc.get_traced_memory()[0] - start
@@ -202,7 +214,7 @@ def test_memory_stays_within_its_bound_whatever_the_key_count(tmp_path: Path) ->
     assert len(view.room_receipts("!room7:hs1")) == 100
     for n in range(0, 500, 7):
         view.rooms_changed_since([f"!room{n}:hs1"], Token((0,), (0,)))
-        assert memory.usage() <= bound
+        within(memory, bound)
     view.close()
 
 
@@ -259,6 +271,25 @@ def test_two_feeds_on_one_data_dir_in_one_process_collide_clearly(tmp_path: Path
     memory.open()
     assert isinstance(memory.index, SyncIndex)
     first.index.close()
+
+
+def test_a_closed_feed_has_released_its_view_and_closing_again_does_nothing(
+    tmp_path: Path,
+) -> None:
+    """The commands close the view when they stop, so that RocksDB's background work ends
+    before the process tears down; an iterator the queries still held must not keep it open."""
+    s = Settings(data_dir=tmp_path, read_store="rocksdb", read_store_memory_bytes=2**22)
+    feed = SyncFeed(s)
+    feed.open()
+    assert isinstance(feed.index, DiskView)
+    feed.index.room_receipts(ROOMS[0])  # makes the shared iterator
+    feed.close()
+    feed.close()
+    assert feed.index.closed
+    again = SyncFeed(s)
+    again.open()  # the directory's lock was released
+    again.close()
+    SyncFeed(s.model_copy(update={"read_store": "memory"})).close()  # nothing to close
 
 
 def test_the_default_read_store_is_on_disk() -> None:

@@ -63,7 +63,8 @@ async def test_api_on_disk_restarts_from_its_local_copy(
                 assert (await alice.receipt(room.room_id, "m.read", event))[0] == 200
             before = await wait_for_sync(bob, room.room_id, events[19])
 
-            api.stop()
+            assert api.stop() == 0, api.tail()
+            assert "read store closed" in api.tail(5), "closed before the process exits"
             for event in events[20:25]:  # while the API is down: folded by the worker
                 await produce(kafka_bootstrap, [room.receipt(ALICE, "m.read", event, 1)])
             api.start()
