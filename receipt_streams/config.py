@@ -173,6 +173,13 @@ class Settings(BaseSettings):
         description="Port of the HTTP API: the client endpoints, /healthz and /readyz "
         "(ready or not, no detail); metrics and the detailed /readyz are on the admin port.",
     )
+    web_reuse_port: bool = Field(
+        False,
+        description="Open the HTTP API's port with SO_REUSEPORT, so that several API processes "
+        "on one host serve one port and the kernel spreads new connections over them (each "
+        "process needs its own data dir and admin port; a sliding-sync connection with a pos "
+        "stays on the process its TCP connection reached).",
+    )
 
     serve_api: bool = Field(
         True,

@@ -175,9 +175,10 @@ class WorkerProcess:
 
     def wait_ready(self, timeout: float = 90) -> float:
         """Seconds until this start answers GET /readyz with 200 (partitions assigned, tables
-        recovered, sync feed caught up)."""
+        recovered, sync feed caught up). Asked on its admin port, its own: API processes may
+        share the client port (`web_reuse_port`), where another could answer."""
         t0 = time.monotonic()
-        url = f"http://127.0.0.1:{self.settings.web_port}/readyz"
+        url = f"http://127.0.0.1:{self.settings.admin_port}/readyz"
         while time.monotonic() - t0 < timeout:
             try:
                 with urllib.request.urlopen(url, timeout=2) as resp:

@@ -590,16 +590,21 @@ async def serving(api: Api, s: Settings) -> AsyncIterator[None]:
     runners = [MatrixAppRunner(api.app(), access_log=None, max_connections=cap)]
     runners.append(MatrixAppRunner(api.admin_app(), access_log=None))
     try:
-        for runner, host, port in zip(
-            runners, (s.web_host, s.admin_host), (s.web_port, s.admin_port), strict=True
+        for runner, host, port, shared in zip(
+            runners,
+            (s.web_host, s.admin_host),
+            (s.web_port, s.admin_port),
+            (s.web_reuse_port, False),
+            strict=True,
         ):
             await runner.setup()
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, reuse_port=shared or None).start()
         log.info(
             "HTTP API listening",
             extra={
                 "host": s.web_host,
                 "port": s.web_port,
+                "reuse_port": s.web_reuse_port,
                 "admin_host": s.admin_host,
                 "admin_port": s.admin_port,
                 "client_api": api.client,
