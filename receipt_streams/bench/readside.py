@@ -50,6 +50,7 @@ from receipt_streams.bench.memory import MB, memory_of
 from receipt_streams.bench.process import (
     WorkerProcess,
     disk_read_bytes,
+    free_port,
     machine_busy_seconds,
     machine_steal_seconds,
 )
@@ -286,29 +287,45 @@ async def _sample(api: WorkerProcess, plan: list[Request], n: int = 200) -> dict
     }
 
 
+def _served(api: WorkerProcess) -> float:
+    """HTTP requests this API process has answered (its latency histogram's count)."""
+    return api.metric_sums("receipt_streams_http_request_seconds").get("count", 0.0)
+
+
+def _pids(apis: list[WorkerProcess]) -> list[int]:
+    pids = [api.proc.pid for api in apis if api.proc is not None]
+    assert len(pids) == len(apis), "an API process is not running"
+    return pids
+
+
 async def _load(
-    api: WorkerProcess, plan: list[Request], rate: float, duration: float, workdir: Path
+    apis: list[WorkerProcess], plan: list[Request], rate: float, duration: float, workdir: Path
 ) -> tuple[WrkResult, float, dict[str, float]]:
-    """wrk's result, the seconds it ran, the CPU the API process and the whole machine used
-    meanwhile (seconds per second: 2.0 is both cores; of the machine's, what the hypervisor
-    stole from this virtual machine's cores), and what the API process read from
-    storage: its view's blocks that neither RocksDB's cache nor the page cache held."""
-    host = f"http://127.0.0.1:{api.settings.web_port}"
+    """wrk's result, the seconds it ran, the CPU the API processes (together) and the whole
+    machine used meanwhile (seconds per second: 2.0 is both cores; of the machine's, what the
+    hypervisor stole from this virtual machine's cores), and what the API processes read from
+    storage: their views' blocks that neither RocksDB's cache nor the page cache held."""
+    host = f"http://127.0.0.1:{apis[0].settings.web_port}"  # shared by them all
     warm = min(2.0, duration)  # caches warmed by the same load, not measured
     await requests_at_rate(host, plan, rate, warm, workdir / "warm", 32, cycle=True)
-    assert api.proc is not None
     t0 = time.monotonic()
-    api_cpu, (busy, total) = api.cpu_seconds(), machine_busy_seconds()
+    pids = _pids(apis)
+    api_cpu, (busy, total) = sum(a.cpu_seconds() for a in apis), machine_busy_seconds()
     steal = machine_steal_seconds()
-    read = disk_read_bytes(api.proc.pid)
+    read = sum(map(disk_read_bytes, pids))
+    served = list(map(_served, apis))
     result = await requests_at_rate(host, plan, rate, duration, workdir, 32, cycle=True)
+    each = [after - before for after, before in zip(map(_served, apis), served, strict=True)]
     busy2, total2 = machine_busy_seconds()
     wall = (total2 - total) / (os.cpu_count() or 1)
     figures = {
-        "cpu_api": (api.cpu_seconds() - api_cpu) / wall,
+        "cpu_api": (sum(a.cpu_seconds() for a in apis) - api_cpu) / wall,
         "cpu_machine": (busy2 - busy) / wall,
         "cpu_steal": (machine_steal_seconds() - steal) / wall,
-        "disk_read_mb": (disk_read_bytes(api.proc.pid) - read) / MB,
+        "disk_read_mb": (sum(map(disk_read_bytes, pids)) - read) / MB,
+        # The share of the requests the busiest API process answered (1.0 with one process;
+        # 1 / processes when the kernel spread the connections evenly).
+        "busiest_api_share": max(each) / max(1.0, sum(each)),
     }
     return result, time.monotonic() - t0, figures
 
@@ -329,8 +346,26 @@ def _load_fields(
     }
 
 
+def _copies(s: Settings, processes: int) -> list[Settings]:
+    """The API processes' settings: with more than one, they share the client port
+    (SO_REUSEPORT), each with its own data dir and admin port, as an operator runs several
+    on one host."""
+    if processes == 1:
+        return [s]
+    s = s.model_copy(update={"web_reuse_port": True})
+    return [s] + [
+        s.model_copy(
+            update={
+                "data_dir": s.data_dir.with_name(f"{s.data_dir.name}-{n}"),
+                "admin_port": free_port(),
+            }
+        )
+        for n in range(1, processes)
+    ]
+
+
 async def bench_readside(
-    b: Bench, keys: int, rate: float = 500.0, duration: float = 30.0
+    b: Bench, keys: int, rate: float = 500.0, duration: float = 30.0, api_processes: int = 1
 ) -> dict[str, Any]:
     wrk_path()  # before the preload: say at once when the load generator is missing
     s = b.settings(serve_api=True, read_store="rocksdb")
@@ -354,24 +389,33 @@ async def bench_readside(
 
     lines = max(PLAN_USERS, int(rate * duration))
     sync_plan, sliding_plan = _plans(layout, since, min(lines, 20_000), b.seed)
-    api = WorkerProcess(s, b.workdir / "readside-api.log", command="api")
+    settings = _copies(s, api_processes)
+    apis = [
+        WorkerProcess(c, b.workdir / f"readside-api{'-' + str(n) if n else ''}.log", command="api")
+        for n, c in enumerate(settings)
+    ]
+    api = apis[0]
     view = s.data_dir / "read-view"
-    shutil.rmtree(s.data_dir, ignore_errors=True)
+    for c in settings:
+        shutil.rmtree(c.data_dir, ignore_errors=True)
     try:
         cold = _start(api)
         assert api.stop() == 0, api.tail()
         disk = _disk_bytes(view)
+        for c in settings[1:]:  # the others start from a copy of the first one's view
+            shutil.copytree(view, c.data_dir / "read-view")
         warm = _start(api)
+        others = [_start(other) for other in apis[1:]]
         sync_sample = await _sample(api, sync_plan)
         sliding_sample = await _sample(api, sliding_plan)
         load_before = os.getloadavg()[0]
-        sync = await _load(api, sync_plan, rate, duration, b.workdir / "readside-sync")
-        sliding = await _load(api, sliding_plan, rate, duration, b.workdir / "readside-sliding")
+        sync = await _load(apis, sync_plan, rate, duration, b.workdir / "readside-sync")
+        sliding = await _load(apis, sliding_plan, rate, duration, b.workdir / "readside-sliding")
         load_after = os.getloadavg()[0]
-        assert api.proc is not None
-        loaded = memory_of(api.proc.pid)
+        loaded = [memory_of(pid) for pid in _pids(apis)]
     finally:
-        api.stop()
+        for each in apis:
+            each.stop()
     return {
         "keys": keys,
         "rooms": layout.rooms,
@@ -389,15 +433,16 @@ async def bench_readside(
         "rss_ready_no_local_state_mb": cold["rss_mb"],
         "hwm_ready_no_local_state_mb": cold["hwm_mb"],
         "read_view_disk_mb": disk / MB,
-        "ready_local_state_s": warm["ready_s"],
-        "rss_ready_local_state_mb": warm["rss_mb"],
-        "hwm_ready_local_state_mb": warm["hwm_mb"],
+        "ready_local_state_s": max(w["ready_s"] for w in [warm, *others]),
+        "rss_ready_local_state_mb": max(w["rss_mb"] for w in [warm, *others]),
+        "hwm_ready_local_state_mb": max(w["hwm_mb"] for w in [warm, *others]),
+        "api_processes": api_processes,
         "rate_per_s": rate,
         "duration_s": duration,
         **_load_fields("sync", sync, sync_sample),
         **_load_fields("sliding", sliding, sliding_sample),
-        "rss_after_load_mb": loaded["VmRSS"] / MB,
-        "hwm_after_load_mb": loaded["VmHWM"] / MB,
+        "rss_after_load_mb": max(m["VmRSS"] for m in loaded) / MB,
+        "hwm_after_load_mb": max(m["VmHWM"] for m in loaded) / MB,
         "sync_form": "incremental, since a token from before the tail, timeout=0",
         "sliding_form": f"no pos, {SUBSCRIPTIONS} room_subscriptions (timelines 20, 1, ...), "
         "extensions.receipts",
@@ -405,5 +450,6 @@ async def bench_readside(
         "load_average_1m_before_after": [round(load_before, 2), round(load_after, 2)],
         # What this scenario runs beside the API process; anything else on the machine shows
         # in the load average above.
-        "beside": "the Kafka broker, wrk (1 thread, 32 connections), the bench process (waiting)",
+        "beside": "the Kafka broker, wrk (1 thread, 32 connections), the bench process (waiting)"
+        + (f"; {api_processes} API processes on one port" if api_processes > 1 else ""),
     }

@@ -46,7 +46,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         b, keys, relays_apart=not args.relays_inline, users_per_room=args.users_per_room
     )
     runs["readside"] = lambda: bench_readside(
-        b, args.keys or 10_000_000, args.rate or 500.0, args.duration or 30.0
+        b, args.keys or 10_000_000, args.rate or 500.0, args.duration or 30.0, args.api_processes
     )
     results: dict[str, Any] = {}
     per_job: dict[str, list[dict[str, Any]]] = {}

@@ -158,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--partitions", type=int, default=4)
     bench.add_argument(
+        "--api-processes",
+        type=int,
+        default=1,
+        help="readside: API processes sharing the client port (SO_REUSEPORT), each with "
+        "its own copy of the view",
+    )
+    bench.add_argument(
         "--split-api",
         action="store_true",
         help="recovery: a worker without the API's /sync view (serve_api off)",

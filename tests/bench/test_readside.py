@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import orjson
+import pytest
 
 from receipt_streams.bench.process import worker_settings
 from receipt_streams.bench.readside import Layout, bench_readside
@@ -62,10 +63,12 @@ def test_layout_is_seeded(tmp_path: Path) -> None:
     assert made(7) == made(7) != made(8)
 
 
-async def test_readside_end_to_end(kafka_bootstrap: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_readside_end_to_end(kafka_bootstrap: str, tmp_path: Path, processes: int) -> None:
+    """With two processes they share the client port, each from its own copy of the view."""
     b = Bench(kafka_bootstrap, seed=3, partitions=2, workdir=tmp_path)
-    r = await bench_readside(b, keys=20_000, rate=40, duration=2)
-    assert r["keys"] == 20_000
+    r = await bench_readside(b, keys=20_000, rate=40, duration=2, api_processes=processes)
+    assert r["keys"] == 20_000 and r["api_processes"] == processes
     assert r["changelog_receipts_records"] == 20_000 + r["tail_updates"]
     assert r["changelog_state_records"] == r["memberships"] + r["events"]
     for field in ("ready_no_local_state_s", "ready_local_state_s"):
@@ -88,3 +91,7 @@ async def test_readside_end_to_end(kafka_bootstrap: str, tmp_path: Path) -> None
         # receipts on the timelines.
         assert r[f"{name}_answers_with_receipts"] > 0.5, r
         assert r[f"{name}_answer_receipts_mean"] > 1, r
+        # Every process answered a part of the load (with two: none answered it all).
+        assert 1 / processes <= r[f"{name}_busiest_api_share"] <= 1, r
+        if processes > 1:
+            assert r[f"{name}_busiest_api_share"] < 1, r
