@@ -10,6 +10,13 @@ import sys
 from receipt_streams.config import Settings
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def _cmd_worker(args: argparse.Namespace) -> int:
     from receipt_streams.entrypoints.worker import run_worker
 
@@ -159,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--partitions", type=int, default=4)
     bench.add_argument(
         "--api-processes",
-        type=int,
+        type=_at_least_one,
         default=1,
         help="readside: API processes sharing the client port (SO_REUSEPORT), each with "
         "its own copy of the view",

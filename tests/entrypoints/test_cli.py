@@ -19,6 +19,15 @@ def test_worker_and_schemas_are_subcommands() -> None:
         parser.parse_args([])
 
 
+def test_bench_api_processes_is_at_least_one(capsys: pytest.CaptureFixture) -> None:
+    parser = build_parser()
+    assert parser.parse_args(["bench", "readside"]).api_processes == 1
+    assert parser.parse_args(["bench", "readside", "--api-processes", "2"]).api_processes == 2
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "readside", "--api-processes", "0"])
+    assert "must be 1 or more, not 0" in capsys.readouterr().err
+
+
 def test_schemas_command_writes_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["schemas", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "receipts.sync.v1.json").exists()
