@@ -79,6 +79,11 @@ READ_STORE_ANSWERS_HELD = Gauge(
     "Receipts held in kept answers of the API's on-disk view "
     "(bounded by RECEIPT_STREAMS_READ_STORE_ANSWERS_RECEIPTS).",
 )
+READ_STORE_BACKGROUND = Gauge(
+    "receipt_streams_read_store_background_jobs",
+    "RocksDB flushes and compactions of the API's on-disk view, running or pending: a view "
+    "just rebuilt or restarted compacts for a while, using a core's worth of its process.",
+)
 LAG = Gauge(
     "receipt_streams_consumer_lag",
     "Records on a partition not yet consumed (highwater - position).",

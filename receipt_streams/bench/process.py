@@ -195,17 +195,27 @@ class WorkerProcess:
         """CPU time (user and system) this start has used so far; NaN once it has exited."""
         return cpu_seconds(self.proc.pid) if self.proc is not None else math.nan
 
-    def metric_sums(self, name: str) -> dict[str, float]:
-        """`name`'s `_count` and `_sum` from this process's /metrics (a histogram, on the
-        admin listener), summed over its labels; empty when the process does not answer."""
+    def metric(self, name: str) -> float | None:
+        """A gauge or counter without labels from this process's /metrics; None when the
+        process does not answer or has no such metric."""
+        for line in self._metrics_text().splitlines():
+            if line.startswith(f"{name} "):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+    def _metrics_text(self) -> str:
         url = f"http://127.0.0.1:{self.settings.admin_port}/metrics"
         try:
             with urllib.request.urlopen(url, timeout=5) as resp:
-                text = resp.read().decode()
+                return str(resp.read().decode())
         except OSError:
-            return {}
+            return ""
+
+    def metric_sums(self, name: str) -> dict[str, float]:
+        """`name`'s `_count` and `_sum` from this process's /metrics (a histogram, on the
+        admin listener), summed over its labels; empty when the process does not answer."""
         sums: dict[str, float] = {}
-        for line in text.splitlines():
+        for line in self._metrics_text().splitlines():
             for part in ("count", "sum"):
                 if line.startswith(f"{name}_{part}"):
                     sums[part] = sums.get(part, 0.0) + float(line.rsplit(" ", 1)[1])

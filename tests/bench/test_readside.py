@@ -69,6 +69,7 @@ async def test_readside_end_to_end(kafka_bootstrap: str, tmp_path: Path, process
     b = Bench(kafka_bootstrap, seed=3, partitions=2, workdir=tmp_path)
     r = await bench_readside(b, keys=20_000, rate=40, duration=2, api_processes=processes)
     assert r["keys"] == 20_000 and r["api_processes"] == processes
+    assert 2 <= r["settle_s"] < 120, r["settle_s"]  # the loads ran on a settled view
     assert r["changelog_receipts_records"] == 20_000 + r["tail_updates"]
     assert r["changelog_state_records"] == r["memberships"] + r["events"]
     for field in ("ready_no_local_state_s", "ready_local_state_s"):

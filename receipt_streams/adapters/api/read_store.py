@@ -63,6 +63,14 @@ _UNSET = object()
 _SLOT = itemgetter(1)
 
 
+_BACKGROUND = (
+    "rocksdb.num-running-compactions",
+    "rocksdb.num-running-flushes",
+    "rocksdb.compaction-pending",
+    "rocksdb.mem-table-flush-pending",
+)
+
+
 def _room(prefix: bytes, room_id: str) -> bytes:
     return prefix + room_id.encode() + b"\0"
 
@@ -173,6 +181,10 @@ class DiskView:
         if not self.closed:
             self.closed = True
             self.db.close()
+
+    def background_jobs(self) -> int:
+        """RocksDB's flushes and compactions running, plus one for each kind pending."""
+        return sum(self.db.property_int_value(name) or 0 for name in _BACKGROUND)
 
     def wipe(self) -> None:
         """Forget everything: the next feed reads the changelogs from their beginning."""

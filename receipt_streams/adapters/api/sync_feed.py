@@ -133,6 +133,8 @@ class SyncFeed:
                     for m in msgs:
                         self._apply(tp, m)
                 self.index.commit()  # the disk view's batch, with the offsets it reaches
+                if isinstance(self.index, DiskView):
+                    metrics.READ_STORE_BACKGROUND.set(self.index.background_jobs())
                 if got:
                     async with self.changed:
                         self.changed.notify_all()

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from receipt_streams.adapters.api.read_store import DiskView
+from receipt_streams.adapters.api.read_store import _BACKGROUND, DiskView
 from receipt_streams.adapters.api.sync_feed import SyncFeed
 from receipt_streams.adapters.engine.stores import RocksMemory, StoreInUse, ensure_not_in_use
 from receipt_streams.config import Settings
@@ -290,6 +290,16 @@ def test_a_closed_feed_has_released_its_view_and_closing_again_does_nothing(
     again.open()  # the directory's lock was released
     again.close()
     SyncFeed(s.model_copy(update={"read_store": "memory"})).close()  # nothing to close
+
+
+def test_background_jobs_are_counted_from_rocksdb_properties_it_knows(tmp_path: Path) -> None:
+    """An unknown property name reads as None (then 0): every one must be known."""
+    view = DiskView(tmp_path / "v", 2, 2, 3, MEMORY)
+    try:
+        assert all(view.db.property_int_value(name) is not None for name in _BACKGROUND)
+        assert view.background_jobs() >= 0
+    finally:
+        view.close()
 
 
 def test_the_default_read_store_is_on_disk() -> None:
