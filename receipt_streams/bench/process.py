@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from receipt_streams.config import Settings
 
@@ -195,31 +196,31 @@ class WorkerProcess:
         """CPU time (user and system) this start has used so far; NaN once it has exited."""
         return cpu_seconds(self.proc.pid) if self.proc is not None else math.nan
 
-    def metric(self, name: str) -> float | None:
-        """A gauge or counter without labels from this process's /metrics; None when the
-        process does not answer or has no such metric."""
-        for line in self._metrics_text().splitlines():
-            if line.startswith(f"{name} "):
-                return float(line.rsplit(" ", 1)[1])
-        return None
-
-    def _metrics_text(self) -> str:
+    def _samples(self) -> dict[str, float]:
+        """This process's /metrics (on the admin listener), each sample name summed over its
+        labels; empty when the process does not answer."""
         url = f"http://127.0.0.1:{self.settings.admin_port}/metrics"
         try:
             with urllib.request.urlopen(url, timeout=5) as resp:
-                return str(resp.read().decode())
+                text = resp.read().decode()
         except OSError:
-            return ""
+            return {}
+        sums: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+        return sums
+
+    def metric(self, name: str) -> float | None:
+        """A gauge or counter (summed over its labels); None when the process does not answer
+        or has no such metric."""
+        return self._samples().get(name)
 
     def metric_sums(self, name: str) -> dict[str, float]:
-        """`name`'s `_count` and `_sum` from this process's /metrics (a histogram, on the
-        admin listener), summed over its labels; empty when the process does not answer."""
-        sums: dict[str, float] = {}
-        for line in self._metrics_text().splitlines():
-            for part in ("count", "sum"):
-                if line.startswith(f"{name}_{part}"):
-                    sums[part] = sums.get(part, 0.0) + float(line.rsplit(" ", 1)[1])
-        return sums
+        """A histogram's `count` and `sum`, summed over its labels; empty when the process
+        does not answer."""
+        samples = self._samples()
+        return {p: samples[f"{name}_{p}"] for p in ("count", "sum") if f"{name}_{p}" in samples}
 
     def tail(self, n: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])

@@ -419,12 +419,12 @@ async def bench_readside(
         disk = _disk_bytes(view)
         warm = _start(api)
         settle_s = _settle(api)
-        others = []
+        restarts = []
         if apis[1:]:  # the others start from a copy of the first one's settled view
             assert api.stop() == 0, api.tail()
             for c in settings[1:]:
                 shutil.copytree(view, c.data_dir / "read-view")
-            others = [_start(each) for each in apis]
+            restarts = [_start(each) for each in apis]
             settle_s += max(map(_settle, apis))
         sync_sample = await _sample(api, sync_plan)
         sliding_sample = await _sample(api, sliding_plan)
@@ -453,9 +453,9 @@ async def bench_readside(
         "rss_ready_no_local_state_mb": cold["rss_mb"],
         "hwm_ready_no_local_state_mb": cold["hwm_mb"],
         "read_view_disk_mb": disk / MB,
-        "ready_local_state_s": max(w["ready_s"] for w in [warm, *others]),
-        "rss_ready_local_state_mb": max(w["rss_mb"] for w in [warm, *others]),
-        "hwm_ready_local_state_mb": max(w["hwm_mb"] for w in [warm, *others]),
+        "ready_local_state_s": max(w["ready_s"] for w in [warm, *restarts]),
+        "rss_ready_local_state_mb": max(w["rss_mb"] for w in [warm, *restarts]),
+        "hwm_ready_local_state_mb": max(w["hwm_mb"] for w in [warm, *restarts]),
         "api_processes": api_processes,
         "settle_s": settle_s,
         "rate_per_s": rate,
