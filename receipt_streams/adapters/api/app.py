@@ -26,6 +26,7 @@ from receipt_streams.adapters.api.client_address import client_address
 from receipt_streams.adapters.api.protocol import MatrixAppRunner, connection_cap
 from receipt_streams.adapters.api.sync_feed import SyncFeed
 from receipt_streams.adapters.collector import freeze_when_ready
+from receipt_streams.adapters.idempotent_producer import IdempotentProducer
 from receipt_streams.adapters.parking import ParkedLog
 from receipt_streams.adapters.supervise import LoopHealth
 from receipt_streams.config import Settings, parse_networks
@@ -228,11 +229,9 @@ class Api:
     async def _start(self, _: web.Application) -> None:
         if not self.client or self.producer is not None:
             return
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.s.bootstrap_servers,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=self.s.producer_linger_ms,
+        # One receipt the broker refused must not leave its partition refusing the rest.
+        self.producer = IdempotentProducer(
+            bootstrap_servers=self.s.bootstrap_servers, linger_ms=self.s.producer_linger_ms
         )
         await self.producer.start()
 

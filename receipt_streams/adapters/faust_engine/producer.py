@@ -12,6 +12,10 @@ changelog after the new owner had restored from it (a key stepping back on the c
 
 `DurableProducer.flush()` first waits until every write put in the buffer is acknowledged
 by the broker (or failed), then flushes aiokafka as before.
+
+And it is idempotent (`IdempotentProducer`): Faust's own producer is not, and a batch of
+changelog writes the broker appended just before it was killed was appended again when the
+producer re-sent it after the restart (a key stepping back, then forward again).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import Any
 
 from faust.transport.drivers.aiokafka import Producer
 from faust.types import FutureMessage
+
+from receipt_streams.adapters.idempotent_producer import IdempotentProducer
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,10 @@ class DurableProducer(Producer):
         super().__init__(*args, **kwargs)
         #: Writes put in the buffer and not yet acknowledged (or failed).
         self.unsent: set[FutureMessage] = set()
+
+    @property
+    def _producer_type(self) -> type[IdempotentProducer]:
+        return IdempotentProducer
 
     def send_soon(self, fut: FutureMessage) -> None:
         self.unsent.add(fut)
