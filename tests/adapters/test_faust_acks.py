@@ -272,6 +272,22 @@ def test_what_was_fetched_before_a_seek_back_is_dropped_until_the_record_comes_a
     assert tp not in consumer._rewinds
 
 
+def test_a_seek_below_zero_goes_to_the_start_of_the_log(
+    consumer: FoldConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Faust's recovery asked for an offset below -1 around a broker restart; aiokafka
+    refuses negative offsets, and the worker crashed."""
+    seeks: list[dict[TP, int]] = []
+
+    async def seek_wait(self: Consumer, partitions: dict[TP, int]) -> None:
+        seeks.append(dict(partitions))
+
+    monkeypatch.setattr(Consumer, "seek_wait", seek_wait)
+    a, b, c = (TP("x-changelog", p) for p in range(3))
+    run(consumer.seek_wait({a: -2, b: -1, c: 7}))
+    assert seeks == [{a: 0, b: 0, c: 7}]
+
+
 class Fetch:
     """Faust's fetch loop handing on only the first `handed` records of a fetched batch
     (the consumer generation changed meanwhile: it gives up the rest)."""

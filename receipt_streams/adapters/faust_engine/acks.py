@@ -59,7 +59,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from weakref import WeakSet
 
@@ -274,6 +274,13 @@ class FoldConsumer(Consumer):
             if first is not None:
                 self._dropped[tp] = min(first, self._dropped.get(tp, first))
         self._batch = None
+
+    async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
+        """Faust's recovery seeks a changelog partition with nothing read to one before its
+        earliest offset, counting -1 as "from the start"; in a fleet run around a broker restart
+        and two rebalances it asked for an offset below -1, aiokafka refused it ("Offset must
+        be a positive integer"), and the worker crashed. Any offset below 0 means the start."""
+        await super().seek_wait({tp: max(offset or 0, 0) for tp, offset in partitions.items()})
 
     async def perform_seek(self) -> None:
         """Faust seeks every partition to its committed offset (after a rebalance, or when
