@@ -15,7 +15,7 @@ from aiokafka.errors import MessageSizeTooLargeError, OutOfOrderSequenceNumber
 
 from receipt_streams.adapters.faust_engine.app import create_app
 from receipt_streams.adapters.idempotent_producer import IdempotentProducer
-from tests.support.worker import TopicReader, worker_settings
+from tests.support.worker import read_all, worker_settings
 
 MAX_BYTES = 4096
 
@@ -28,14 +28,6 @@ async def _topic(bootstrap: str, topic: str) -> None:
         await admin.create_topics([NewTopic(topic, 1, 1, topic_configs=config)])
     finally:
         await admin.close()
-
-
-async def _values(bootstrap: str, topic: str, count: int) -> list[bytes]:
-    async with TopicReader(bootstrap, topic) as reader:
-        await reader.wait_for(lambda got: len(got) >= count, timeout=30, what=f"{count}")
-        for _ in range(3):
-            await reader.poll(timeout_ms=300)  # anything more would be a duplicate
-        return [record.value for record in reader.records]
 
 
 async def _send_twice(producer: AIOKafkaProducer, topic: str) -> None:
@@ -69,7 +61,8 @@ async def test_a_batch_sent_again_is_appended_once(
         await producer.stop()
     once = [b"older", b"newer"]
     # The plain producer is the case this producer exists for: the key steps back.
-    assert await _values(kafka_bootstrap, topic, 2) == (once if idempotent else once * 2)
+    values = [r.value for r in await read_all(kafka_bootstrap, topic, 2)]
+    assert values == (once if idempotent else once * 2)
 
 
 @pytest.mark.broker
@@ -101,7 +94,7 @@ async def test_a_refused_batch_leaves_the_partition_open(
         await producer.stop()
         await plain.stop()
     want = [b"%d-%d" % (r, i) for r in range(2) for i in range(3)] + [b"open"]
-    assert await _values(kafka_bootstrap, topic, len(want)) == want
+    assert [r.value for r in await read_all(kafka_bootstrap, topic, len(want))] == want
 
 
 async def test_the_faust_engine_writes_with_an_idempotent_producer(tmp_path: Any) -> None:

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from receipt_streams.adapters.sending import Output, partition_of, send_all
-from tests.support.worker import TopicReader
+from tests.support.worker import read_all
 
 # --- partition_of (pure) ---------------------------------------------------------------
 
@@ -79,15 +79,6 @@ async def _create_topic(bootstrap: str, topic: str, partitions: int) -> None:
         await admin.close()
 
 
-async def _read_all(bootstrap: str, topic: str, count: int) -> list[Any]:
-    """Every record of `topic`, once `count` arrived and a further poll found nothing new."""
-    async with TopicReader(bootstrap, topic) as reader:
-        await reader.wait_for(lambda got: len(got) >= count, timeout=60, what=f"{count} records")
-        for _ in range(3):
-            await reader.poll(timeout_ms=300)  # anything beyond `count` would be a duplicate
-        return list(reader.records)
-
-
 def _outputs(topic: str, partitions: int) -> list[Output]:
     """A mix, interleaved: explicit partitions, keyed records routed by the partitioner,
     unkeyed records with no partition, a tombstone, empty values, and one record bigger than
@@ -131,7 +122,7 @@ async def _send_and_check(
     expected_tps: set[tuple[str, int]] = set()
     for topic, count in topics.items():
         sent = [(k, v, p) for t, k, v, p in outputs if t == topic]
-        records = await _read_all(bootstrap, topic, len(sent))
+        records = await read_all(bootstrap, topic, len(sent))
         read = [_identity(m.key, m.value) for m in records]
 
         # Exactly once.
@@ -237,7 +228,7 @@ async def test_send_all_twice_continues_the_offsets(kafka_bootstrap: str, unique
 
     assert first == {(topic, 1): 49}
     assert second == {(topic, 1): 79}
-    records = await _read_all(kafka_bootstrap, topic, 80)
+    records = await read_all(kafka_bootstrap, topic, 80)
     assert [m.value for m in records] == [b"x%d" % i for i in range(50)] + [
         b"y%d" % i for i in range(30)
     ]
